@@ -1,0 +1,5 @@
+"""Teacher and student models; all return :class:`ClassifierOutput`."""
+
+from textdistill.models.output import ClassifierOutput
+
+__all__ = ["ClassifierOutput"]
