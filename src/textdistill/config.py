@@ -35,10 +35,15 @@ class DataConfig(_Section):
     test_split: str = "test"
     max_errors: int = Field(50, ge=1)
     """Validation stops collecting problems after this many."""
+    holdout: int | None = Field(None, ge=1)
+    """Carve this many stratified train rows out as the model-selection split; the dev split
+    is then used for reporting only."""
     train_limit: int | None = Field(None, ge=1)
     """Use only the first N (stratified) labelled training rows; the rest become unlabeled."""
     unlabeled_rest: bool = False
     """With ``train_limit``: keep the unused training texts as unlabeled transfer data."""
+    seed: int = 13
+    """Seed of the holdout and train_limit subsets (fixed, so every stage sees the same)."""
 
 
 class TokenizerConfig(_Section):
@@ -69,6 +74,8 @@ class TrainConfig(_Section):
     """Save a resumable checkpoint every N optimizer steps (and at every epoch end)."""
     resume: bool = False
     progress: bool = True
+    log_every: int = Field(0, ge=0)
+    """Log the training loss every N optimizer steps (0: about 20 times per epoch)."""
 
 
 def _teacher_train() -> TrainConfig:
@@ -148,6 +155,34 @@ class EvalConfig(_Section):
     batch_size: int = Field(64, ge=1)
 
 
+class PipelineStudent(_Section):
+    """One student of a pipeline run; unset fields take the ``student``/``distill`` values."""
+
+    name: str
+    arch: str | None = None
+    preset: str | None = None
+    mode: Literal["none", "hard", "soft", "hidden"] | None = None
+    teachers: list[str] = Field(default_factory=lambda: ["teacher"])
+    """Stage names: ``teacher`` or students trained earlier in the same run (ensembles)."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Dotted config keys for this student only, e.g. ``distill.temperature: 4``."""
+
+
+def _default_students() -> list[PipelineStudent]:
+    return [
+        PipelineStudent(name=f"bilstm-{mode}", arch="bilstm", mode=mode)
+        for mode in ("none", "hard", "soft", "hidden")
+    ]
+
+
+class PipelineConfig(_Section):
+    """What ``textdistill run`` / ``demo`` trains and reports on."""
+
+    students: list[PipelineStudent] = Field(default_factory=_default_students)
+    report_splits: list[str] = Field(default_factory=lambda: ["test"])
+    """Splits evaluated in the final report (those present in the data)."""
+
+
 class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
@@ -155,6 +190,7 @@ class Config(_Section):
     student: StudentConfig = Field(default_factory=StudentConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from textdistill.cli import config_cmd
+from textdistill.cli import config_cmd, data_cmd, distill_cmd, pipeline_cmd, teacher_cmd, use_cmd
 
 app = typer.Typer(
     name="textdistill",
@@ -17,6 +17,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(teacher_cmd.app, name="teacher")
+app.command("distill")(distill_cmd.distill)
+app.command("evaluate")(use_cmd.evaluate)
+app.command("compare")(use_cmd.compare)
+app.command("predict")(use_cmd.predict)
+app.command("run")(pipeline_cmd.run)
+app.command("demo")(pipeline_cmd.demo)
 
 
 def main() -> None:

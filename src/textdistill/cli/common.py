@@ -12,6 +12,7 @@ from typing import Any, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from textdistill.config import Config, ConfigError, apply_overrides, load_config
 
@@ -47,7 +48,45 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except (ConfigError, UserError) as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+            # Escaped: messages quote user text (e.g. "[图]" in a title), which is not markup.
+            # Soft wrap: a "file:line:" prefix must stay on one line for editors and grep.
+            msg = escape(str(err))
+            err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
     return wrapper
+
+
+DataOpt = typer.Option(
+    None, "--data", "-d", help="Data folder (THUCNews layout); default: the built-in sample."
+)
+EpochsOpt = typer.Option(None, "--epochs", help="Training epochs.")
+BatchOpt = typer.Option(None, "--batch-size", help="Batch size per optimizer step.")
+LrOpt = typer.Option(None, "--lr", help="Peak learning rate.")
+SeedOpt = typer.Option(None, "--seed", help="Random seed.")
+MaxLenOpt = typer.Option(None, "--max-len", help="Maximum tokens per text.")
+ResumeOpt = typer.Option(
+    False, "--resume", help="Continue an interrupted run from its last checkpoint."
+)
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def train_overrides(
+    prefix: str,
+    *,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    seed: int | None,
+    resume: bool,
+    quiet: bool,
+) -> dict[str, Any]:
+    """The common training flags as config overrides under ``prefix`` (e.g. teacher.train)."""
+    return {
+        f"{prefix}.epochs": epochs,
+        f"{prefix}.batch_size": batch_size,
+        f"{prefix}.lr": lr,
+        f"{prefix}.seed": seed,
+        f"{prefix}.resume": True if resume else None,
+        f"{prefix}.progress": False if quiet else None,
+    }

@@ -1,0 +1,114 @@
+"""``textdistill distill``: train a student from a teacher (or without one: mode none)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from textdistill.cli.common import (
+    BatchOpt,
+    ConfigOpt,
+    DataOpt,
+    EpochsOpt,
+    LrOpt,
+    MaxLenOpt,
+    QuietOpt,
+    ResumeOpt,
+    SeedOpt,
+    VerboseOpt,
+    console,
+    resolve_config,
+    setup_logging,
+    train_overrides,
+    user_errors,
+)
+
+
+@user_errors
+def distill(
+    out: Path = typer.Option(..., "--out", "-o", help="Student folder to write."),
+    teacher: list[Path] | None = typer.Option(
+        None, "--teacher", "-t", help="Teacher folder; repeat for ensemble distillation."
+    ),
+    data: Path | None = DataOpt,
+    mode: str | None = typer.Option(
+        None, "--mode", "-m", help="none (no teacher), hard, soft or hidden."
+    ),
+    student: str | None = typer.Option(None, "--student", help="bilstm or textcnn."),
+    preset: str | None = typer.Option(None, "--preset", help="Student size preset."),
+    temperature: float | None = typer.Option(None, "--temperature", "-T", help="Softmax T."),
+    temperature_end: float | None = typer.Option(
+        None, "--temperature-end", help="Anneal T linearly to this value."
+    ),
+    alpha: float | None = typer.Option(None, "--alpha", help="Weight of the KD term."),
+    beta: float | None = typer.Option(None, "--beta", help="Weight of the hidden term."),
+    hard_target: str | None = typer.Option(
+        None, "--hard-target", help="CE target in soft mode: teacher (argmax) or gold."
+    ),
+    hidden_loss: str | None = typer.Option(None, "--hidden-loss", help="mse or cosine."),
+    extra: list[Path] | None = typer.Option(
+        None, "--extra", help="Unlabeled texts (one per line) added to the transfer set."
+    ),
+    teacher_weight: list[float] | None = typer.Option(
+        None, "--teacher-weight", help="Ensemble weight, one per --teacher."
+    ),
+    ensemble: str | None = typer.Option(
+        None, "--ensemble", help="Ensemble average of logprob (default) or prob."
+    ),
+    init_embeddings: str | None = typer.Option(
+        None, "--init-embeddings", help="random, or teacher (PCA of its word embeddings)."
+    ),
+    epochs: int | None = EpochsOpt,
+    batch_size: int | None = BatchOpt,
+    lr: float | None = LrOpt,
+    seed: int | None = SeedOpt,
+    max_len: int | None = MaxLenOpt,
+    resume: bool = ResumeOpt,
+    quiet: bool = QuietOpt,
+    config: Path | None = ConfigOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Distill a teacher into a small student (BiLSTM or TextCNN)."""
+    from textdistill.distill import distill as run_distill
+    from textdistill.workspace import open_corpus
+
+    setup_logging(verbose)
+    cfg = resolve_config(
+        config,
+        {
+            "data.dir": str(data) if data else None,
+            "distill.teachers": [str(t) for t in teacher] if teacher else None,
+            "distill.mode": mode,
+            "distill.temperature": temperature,
+            "distill.temperature_end": temperature_end,
+            "distill.alpha": alpha,
+            "distill.beta": beta,
+            "distill.hard_target": hard_target,
+            "distill.hidden_loss": hidden_loss,
+            "distill.extra": [str(e) for e in extra] if extra else None,
+            "distill.teacher_weights": list(teacher_weight) if teacher_weight else None,
+            "distill.ensemble": ensemble,
+            "student.arch": student,
+            "student.preset": preset,
+            "student.init_embeddings": init_embeddings,
+            "tokenizer.max_len": max_len,
+            **train_overrides(
+                "student.train",
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed,
+                resume=resume,
+                quiet=quiet,
+            ),
+        },
+    )
+    result = run_distill(cfg, open_corpus(cfg), out)
+    m = result.meta
+    dev = m["dev_metrics"]
+    console.print(
+        f"student saved to [bold]{result.path}[/]: {m['num_parameters']:,} parameters, "
+        f"{m['size_mb']:.2f} MB, dev accuracy {dev.get('accuracy', float('nan')):.4f}, "
+        f"macro-F1 {dev.get('macro_f1', float('nan')):.4f}"
+    )

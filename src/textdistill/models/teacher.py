@@ -1,0 +1,158 @@
+"""The teacher: any Hugging Face sequence classifier behind one typed output.
+
+``TeacherModel`` wraps an ``AutoModelForSequenceClassification`` and returns
+:class:`ClassifierOutput` with the logits and the pooled sentence vector. For BERT-like
+models with a pooler that is BERT's pooler output (tanh of a dense layer over [CLS], 768-d
+for bert-base), captured with a forward hook so the model runs once; for models without a
+pooler it is the last layer's first-token state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    PreTrainedModel,
+)
+
+from textdistill.errors import UserError
+from textdistill.models.output import ClassifierOutput
+
+# layers, hidden, heads, intermediate
+SCRATCH_PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (2, 128, 2, 512),
+    "mini": (4, 256, 4, 1024),
+    "small": (4, 512, 8, 2048),
+    "base": (12, 768, 12, 3072),
+}
+
+
+def scratch_bert_config(
+    preset: str,
+    *,
+    vocab_size: int,
+    num_labels: int,
+    pad_token_id: int = 0,
+    max_positions: int = 512,
+    dropout: float = 0.1,
+    layers: int | None = None,
+    hidden: int | None = None,
+    heads: int | None = None,
+    intermediate: int | None = None,
+) -> BertConfig:
+    """A ``BertConfig`` for a preset, with explicit sizes overriding it.
+
+    ``preset="custom"`` takes every size from the explicit arguments.
+    """
+    base: tuple[int, int, int, int]
+    if preset == "custom":
+        if layers is None or hidden is None or heads is None:
+            raise UserError("--scratch custom needs --layers, --hidden and --heads")
+        base = (layers, hidden, heads, intermediate or 4 * hidden)
+    elif preset in SCRATCH_PRESETS:
+        base = SCRATCH_PRESETS[preset]
+    else:
+        valid = ", ".join([*SCRATCH_PRESETS, "custom"])
+        raise UserError(f"unknown scratch preset {preset!r}; valid: {valid}")
+    n_layers = layers or base[0]
+    n_hidden = hidden or base[1]
+    n_heads = heads or base[2]
+    n_inter = intermediate or base[3]
+    if n_hidden % n_heads:
+        raise UserError(f"hidden size {n_hidden} is not divisible by {n_heads} heads")
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=n_hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        intermediate_size=n_inter,
+        max_position_embeddings=max_positions,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        pad_token_id=pad_token_id,
+    )
+    config.num_labels = num_labels
+    return config
+
+
+def label_maps(label_names: list[str]) -> dict[str, Any]:
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {n: i for i, n in enumerate(label_names)},
+    }
+
+
+def new_scratch_classifier(config: BertConfig, label_names: list[str]) -> PreTrainedModel:
+    for key, value in label_maps(label_names).items():
+        setattr(config, key, value)
+    return BertForSequenceClassification(config)
+
+
+def new_scratch_mlm(config: BertConfig) -> PreTrainedModel:
+    return BertForMaskedLM(config)
+
+
+def load_classifier(name_or_path: str, label_names: list[str]) -> PreTrainedModel:
+    """Load a checkpoint for sequence classification with a head sized for our labels.
+
+    A checkpoint trained on other labels gets a fresh head (``ignore_mismatched_sizes``).
+    """
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, ignore_mismatched_sizes=True, **label_maps(label_names)
+        )
+    except OSError as err:
+        raise UserError(
+            f"cannot load model {name_or_path!r}: {err}\n"
+            "Give a local folder, or use --scratch PRESET when no checkpoint can be downloaded."
+        ) from None
+
+
+def _find_pooler(model: PreTrainedModel) -> nn.Module | None:
+    pooler = getattr(model.base_model, "pooler", None)
+    return pooler if isinstance(pooler, nn.Module) else None
+
+
+class TeacherModel(nn.Module):
+    """``forward(input_ids, attention_mask) -> ClassifierOutput(logits, pooled)``."""
+
+    def __init__(self, hf_model: PreTrainedModel) -> None:
+        super().__init__()
+        self.hf = hf_model
+        self.hidden_size = int(hf_model.config.hidden_size)
+        self._pooler = _find_pooler(hf_model)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.hf.config.id2label or {})
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ClassifierOutput:
+        captured: list[torch.Tensor] = []
+        handle = None
+        if self._pooler is not None:
+            handle = self._pooler.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            out = self.hf(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                output_hidden_states=self._pooler is None,
+            )
+        finally:
+            if handle is not None:
+                handle.remove()
+        # (B, H): the pooler's output, else the last layer's first token
+        pooled = captured[0] if captured else out.hidden_states[-1][:, 0]
+        return ClassifierOutput(logits=out.logits, hidden=pooled)
+
+    def word_embeddings(self) -> torch.Tensor:
+        """The input word-embedding matrix (V, H), for initialising a student."""
+        emb = self.hf.get_input_embeddings()
+        assert isinstance(emb, nn.Embedding)
+        return emb.weight.detach()

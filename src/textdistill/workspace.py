@@ -1,0 +1,61 @@
+"""Which rows each stage trains, selects and reports on, and where it keeps its work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from textdistill.config import Config
+from textdistill.data import Corpus, Split, stratified_subset
+
+
+@dataclass
+class TrainingData:
+    """``train``: labelled training rows; ``select``: model-selection rows (early stopping);
+    ``unlabeled_texts``: training texts whose labels are withheld (few-labels scenario);
+    ``report``: splits to evaluate the final model on."""
+
+    train: Split
+    select: Split
+    unlabeled_texts: list[str] = field(default_factory=list)
+    report: dict[str, Split] = field(default_factory=dict)
+
+    @property
+    def dev(self) -> Split:
+        return self.select
+
+
+def prepare_training_data(cfg: Config, corpus: Corpus) -> TrainingData:
+    """Apply ``data.holdout`` and ``data.train_limit`` deterministically (``data.seed``)."""
+    d = cfg.data
+    train = corpus.split(d.train_split)
+    report = {
+        name: split for name, split in corpus.splits.items() if name in (d.dev_split, d.test_split)
+    }
+    if d.holdout is not None:
+        select, train = stratified_subset(train, d.holdout, d.seed)
+        select = Split("holdout", select.texts, select.labels, select.path)
+    else:
+        select = corpus.split(d.dev_split)
+    unlabeled: list[str] = []
+    if d.train_limit is not None and d.train_limit < len(train):
+        train, rest = stratified_subset(train, d.train_limit, d.seed)
+        if d.unlabeled_rest:
+            unlabeled = list(rest.texts)
+    return TrainingData(train=train, select=select, unlabeled_texts=unlabeled, report=report)
+
+
+def work_dir_for(out: str | Path) -> Path:
+    """Checkpoints and logs of a run that writes ``out`` live in ``out.work`` until done."""
+    out = Path(out)
+    return out.with_name(out.name + ".work")
+
+
+def open_corpus(cfg: Config) -> Corpus:
+    """The configured data folder, or the built-in sample (fetched on first use)."""
+    from textdistill.data import load_corpus
+    from textdistill.sample import fetch_sample
+
+    root = Path(cfg.data.dir) if cfg.data.dir else fetch_sample()
+    required = tuple({cfg.data.train_split, cfg.data.dev_split})
+    return load_corpus(root, required=required, max_errors=cfg.data.max_errors)
