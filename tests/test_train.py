@@ -187,9 +187,10 @@ def test_fit_learns_separable_data(tmp_path: Path) -> None:
     )
     ce = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(gold)).item()
     assert result.best_metrics["loss"] == pytest.approx(ce, rel=1e-5)
-    # A finished run leaves its history but no resumable checkpoint.
+    # A finished run keeps its history and its checkpoint: the caller removes the work dir
+    # only after saving the model folder, so a failed save can still be resumed.
     assert (tmp_path / METRICS_FILE).is_file()
-    assert ckpt.find_checkpoint(tmp_path) is None
+    assert ckpt.find_checkpoint(tmp_path) is not None
 
 
 def test_dev_rows_without_gold_label_are_ignored(tmp_path: Path) -> None:
@@ -611,7 +612,15 @@ def test_resume_after_kill_reproduces_uninterrupted_run(tmp_path: Path, uninterr
     assert without_timing(resumed.history) == without_timing(reference.history)
     # metrics.jsonl holds each event once, although step 6 partly ran twice.
     assert read_metrics(tmp_path) == resumed.history
-    assert ckpt.find_checkpoint(tmp_path) is None
+    # The final checkpoint stays (the caller removes it after saving the model folder) ...
+    final, _ = ckpt.read_state(tmp_path / ckpt.CHECKPOINT_DIR)
+    assert final.step == 9
+    # ... so a run whose final save failed resumes to the same result without training.
+    again, again_proj = resumable_run(tmp_path, resume=True)
+    assert again.steps == 9
+    assert_same_weights(weights_of(again.model), weights_of(reference.model))
+    assert_same_weights(weights_of(again_proj), weights_of(reference_proj))
+    assert again.best_metrics == pytest.approx(reference.best_metrics)
 
 
 def test_fresh_start_ignores_old_checkpoint(

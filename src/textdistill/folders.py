@@ -9,20 +9,28 @@ A folder holds everything needed to use the model without the training set-up:
   parameter count, size on disk, fingerprints, library version
 - ``config.yaml``: the resolved configuration, ``metrics.jsonl``: the training history
 
-Folders are built in a temporary sibling and renamed into place (:func:`io.atomic_dir`).
+Folders are built in a temporary sibling and renamed into place (:func:`io.atomic_dir`): a
+failed save (full disk, kill) leaves no partial folder and keeps an earlier version intact.
+The stored fingerprint is checked against the files on loading, so a folder whose weights
+were replaced in place is never taken for the model it used to be (e.g. by the soft-target
+cache).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
+import json
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 from torch import nn
@@ -32,7 +40,7 @@ from textdistill import __version__
 from textdistill.config import Config, save_config
 from textdistill.errors import UserError
 from textdistill.io import atomic_dir, dir_size_bytes, file_sha256, read_json, write_json
-from textdistill.models.teacher import TeacherModel
+from textdistill.models.teacher import TeacherModel, quiet_transformers
 from textdistill.tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -123,6 +131,19 @@ def _finish_folder(
     return meta
 
 
+@contextlib.contextmanager
+def _building(out: str | Path, kind: str) -> Iterator[Path]:
+    """:func:`atomic_dir` whose I/O errors become a :class:`UserError` saying what was kept."""
+    out = Path(out)
+    existed = out.exists()
+    try:
+        with atomic_dir(out) as tmp:
+            yield tmp
+    except OSError as err:
+        kept = "the previous version is unchanged" if existed else "nothing was written"
+        raise UserError(f"could not save the {kind} folder {out}: {err} ({kept})") from err
+
+
 def save_teacher(
     out: str | Path,
     teacher: TeacherModel,
@@ -135,9 +156,14 @@ def save_teacher(
     history: Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write a teacher folder atomically; returns its ``textdistill.json`` content."""
-    with atomic_dir(out) as tmp:
-        teacher.hf.save_pretrained(tmp, safe_serialization=True)
+    """Write a teacher folder atomically; returns its ``textdistill.json`` content.
+
+    Raises:
+        UserError: the folder could not be written (``out`` is then as it was before).
+    """
+    with _building(out, "teacher") as tmp:
+        with quiet_transformers():  # no shard-writing progress bar
+            teacher.hf.save_pretrained(tmp)
         arch = {
             "type": "hf",
             "model_type": teacher.hf.config.model_type,
@@ -174,8 +200,12 @@ def save_student(
     history: Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write a student folder atomically; ``student.config`` must rebuild the architecture."""
-    with atomic_dir(out) as tmp:
+    """Write a student folder atomically; ``student.config`` must rebuild the architecture.
+
+    Raises:
+        UserError: the folder could not be written (``out`` is then as it was before).
+    """
+    with _building(out, "student") as tmp:
         st_save_model(student, str(tmp / WEIGHTS_FILE))
         arch = dict(getattr(student, "config"))  # noqa: B009 - set by every student class
         meta = _finish_folder(
@@ -196,36 +226,60 @@ def save_student(
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
+    """The ``textdistill.json`` of a model folder.
+
+    Raises:
+        UserError: ``path`` is missing, not a model folder, or its metadata is unreadable or
+            from a newer format.
+    """
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: model folder not found")
     meta_file = path / META_FILE
     if not meta_file.is_file():
         raise UserError(
             f"{path}: not a textdistill model folder (no {META_FILE}); "
             "train one with `textdistill teacher train` or `textdistill distill`"
         )
-    meta: dict[str, Any] = read_json(meta_file)
+    try:
+        meta = read_json(meta_file)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{meta_file}: unreadable ({err}); save the model again") from None
+    if not isinstance(meta, dict) or meta.get("kind") not in ("teacher", "student"):
+        raise UserError(f"{meta_file}: not textdistill model metadata (no teacher/student kind)")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise UserError(
+            f"{path}: folder format {version!r} is newer than this textdistill supports "
+            f"({FORMAT_VERSION}); upgrade textdistill"
+        )
     return meta
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a teacher or student folder for inference (eval mode)."""
-    from textdistill.models.students import build_student_from_config
+    """Load a teacher or student folder for inference (eval mode).
 
+    ``meta["fingerprint"]`` of the result is the fingerprint of the files as they are now;
+    if they changed since the folder was saved, a warning says so.
+
+    Raises:
+        UserError: not a model folder, or its files are missing or damaged.
+    """
     path = Path(path)
     meta = read_meta(path)
-    label_names: list[str] = read_json(path / "labels.json")
-    tokenizer = load_tokenizer(path)
-    kind = meta.get("kind")
-    model: nn.Module
-    if kind == "teacher":
-        hf = AutoModelForSequenceClassification.from_pretrained(path)
-        model = TeacherModel(hf)
-    elif kind == "student":
-        model = build_student_from_config(meta["architecture"])
-        missing, unexpected = st_load_model(model, str(path / WEIGHTS_FILE), strict=True)
-        del missing, unexpected
-    else:
-        raise UserError(f"{path}: unknown model kind {kind!r} in {META_FILE}")
+    try:
+        model, label_names, tokenizer = _load_parts(path, meta)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as err:
+        # safetensors and transformers signal damaged or missing files with all of these.
+        raise UserError(f"{path}: cannot load the {meta['kind']} ({err})") from None
+    current = folder_fingerprint(path)
+    if meta.get("fingerprint") not in (None, current):
+        log.warning(
+            "%s: the model files changed since the folder was saved; using fingerprint %s",
+            path,
+            current,
+        )
+    meta["fingerprint"] = current
     model.to(device).eval()
     return LoadedModel(
         model=model,
@@ -235,3 +289,27 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Loade
         path=path,
         max_len=int(meta.get("max_len", 32)),
     )
+
+
+def _load_parts(
+    path: Path, meta: dict[str, Any]
+) -> tuple[nn.Module, list[str], PreTrainedTokenizerBase]:
+    from textdistill.models.students import build_student_from_config
+
+    label_names: list[str] = read_json(path / "labels.json")
+    tokenizer = load_tokenizer(path)
+    model: nn.Module
+    if meta["kind"] == "teacher":
+        with quiet_transformers():
+            hf, info = AutoModelForSequenceClassification.from_pretrained(
+                path, output_loading_info=True
+            )
+        # A saved teacher holds every weight; anything freshly initialised means damage.
+        absent = sorted(info.get("missing_keys", ())) + sorted(info.get("mismatched_keys", ()))
+        if absent:
+            raise ValueError(f"weights missing from {WEIGHTS_FILE}: {', '.join(map(str, absent))}")
+        model = TeacherModel(hf)
+    else:
+        model = build_student_from_config(meta["architecture"])
+        st_load_model(model, str(path / WEIGHTS_FILE), strict=True)
+    return model, label_names, tokenizer

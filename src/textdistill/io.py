@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -30,22 +30,50 @@ def files_sha256(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, directory: bool = False) -> None:
+    """Give a temporary file or folder the permissions a plain ``open``/``mkdir`` would.
+
+    ``mkstemp``/``mkdtemp`` create private (0600/0700) entries; a model folder or cache
+    must be as readable as anything else its owner writes.
+    """
+    base = 0o777 if directory else 0o666
+    os.chmod(path, base & ~_umask())
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[BinaryIO]:
+    """Yield a binary file that replaces ``path`` in one rename when the block succeeds.
+
+    Readers never see half a file; on error the temporary file is removed and ``path`` is
+    left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=2)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
+        _publish_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temporary file in the same folder, then rename)."""
+    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
 
 
 def read_json(path: str | Path) -> Any:
@@ -64,6 +92,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         yield tmp
+        _publish_mode(tmp, directory=True)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -24,9 +24,7 @@ import io
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,7 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from textdistill.efficiency import EfficiencyResult
-from textdistill.io import write_json
+from textdistill.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -521,15 +519,8 @@ def _unique_filenames(names: Sequence[str]) -> dict[str, str]:
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(data)
 
 
 _GLYPH_WARNING = re.compile(r"Glyph \d+ .*missing from")

@@ -13,14 +13,12 @@ lengths; the same ids feed the teacher and every student, so one cache entry ser
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
 import logging
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from transformers import (  # type: ignore[attr-defined]
 )
 
 from textdistill.errors import UserError
+from textdistill.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -390,13 +389,5 @@ def _load_entry(path: Path, rows: int, max_len: int) -> Encoded | None:
 
 def _save_entry(path: Path, enc: Encoded) -> None:
     """Write via a temporary file and a rename, so readers never see half an entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, ids=enc.ids, lengths=enc.lengths)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, ids=enc.ids, lengths=enc.lengths)

@@ -20,7 +20,8 @@ continued with ``cfg.resume`` ends with the same weights and history as an unint
 
 Work-dir layout: ``metrics.jsonl`` (kept; lines of other stages are preserved, lines of this
 stage are replaced by this run's history) and ``checkpoint/`` (see :mod:`textdistill.checkpoint`),
-removed when the run finishes because the caller saves the final model folder itself.
+kept when the run finishes: the caller saves the final model folder and then removes the work
+dir, so a failed final save (a full disk) loses nothing and ``resume`` picks up from there.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,12 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    gather_object,
+    set_seed,
+)
 from sklearn.metrics import f1_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
@@ -49,8 +53,10 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from textdistill import checkpoint as ckpt
+from textdistill import distributed
 from textdistill.config import TrainConfig
 from textdistill.errors import UserError
+from textdistill.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -144,13 +150,23 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     with another precision; a pipeline trains the teacher and the student one after the other
     with different settings, so the per-run state is reset first (the distributed process
     group, held by ``PartialState``, is kept).
+
+    ``cfg.batch_size`` is the global batch: each batch is split evenly across the processes
+    (``split_batches``), so one config trains the same model on any number of processes.
     """
+    processes = distributed.num_processes()  # also creates the process state the right way
+    if cfg.batch_size % processes:
+        raise UserError(
+            f"the batch size {cfg.batch_size} is the global batch, split evenly across the "
+            f"{processes} processes; use a multiple of {processes}"
+        )
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     return Accelerator(
         gradient_accumulation_steps=cfg.grad_accum,
         mixed_precision="bf16" if cfg.bf16 else "no",
-        cpu=not torch.cuda.is_available(),
+        cpu=distributed.use_cpu(),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
         # The loop steps the schedule itself, once per optimizer step, so the schedule's
         # length does not depend on the number of processes.
         step_scheduler_with_optimizer=False,
@@ -359,11 +375,8 @@ class _MetricsLog:
             return
         kept = [e for e in self._read() if e.get("stage") != self.stage]
         lines = [json.dumps(e, ensure_ascii=False) for e in [*kept, *history]]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, self.path)
+        with atomic_write(self.path) as f:
+            f.write("".join(line + "\n" for line in lines).encode("utf-8"))
 
     def append(self, entry: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -536,6 +549,10 @@ class _Trainer:
         elif self.cfg.resume and self.is_main:
             logger.info("%s: no checkpoint to resume from; starting fresh", self.work_dir)
         self.metrics_log.reset(self.state.history)
+        # A run resumed from its final checkpoint after early stopping stays stopped.
+        self.stopped_early = bool(
+            self.cfg.patience and self.evaluates and self.state.bad_evals >= self.cfg.patience
+        )
 
     def _train_epoch(self) -> None:
         acc, cfg, state = self.accelerator, self.cfg, self.state
@@ -559,6 +576,7 @@ class _Trainer:
             if self.evaluates and cfg.eval_every and state.step % cfg.eval_every == 0:
                 self._evaluate(full=cfg.eval_subset is None)
                 if self.stopped_early:
+                    self._save_checkpoint()
                     return
             if state.step % cfg.checkpoint_every == 0:
                 self._save_checkpoint()
@@ -566,8 +584,9 @@ class _Trainer:
         state.batch_in_epoch = 0
         if self.evaluates:
             self._evaluate(full=True)
-        if not self.stopped_early and state.epoch < cfg.epochs:
-            self._save_checkpoint()
+        # Also after the last epoch: the final state stays resumable until the caller has
+        # saved the model folder.
+        self._save_checkpoint()
 
     def _micro_step(self, batch: dict[str, Tensor]) -> None:
         acc, cfg = self.accelerator, self.cfg
@@ -815,7 +834,8 @@ class _Trainer:
         else:
             best_step, best_metrics = state.step, {}
         if self.is_main:
-            ckpt.remove_checkpoints(self.work_dir)
+            # The checkpoint stays until the caller has saved the model folder and removes
+            # the work dir: a failed final save (full disk) can still be resumed.
             logger.info(
                 "%s: done after %d steps%s; best step %d%s",
                 self.stage,

@@ -5,10 +5,16 @@
 models with a pooler that is BERT's pooler output (tanh of a dense layer over [CLS], 768-d
 for bert-base), captured with a forward hook so the model runs once; for models without a
 pooler it is the last layer's first-token state.
+
+Hugging Face's load reports and progress bars are silenced where their content is expected
+(:func:`quiet_transformers`): loading our own folders, or an MLM checkpoint whose missing
+classification head is the point of loading it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -20,6 +26,7 @@ from transformers import (
     BertForSequenceClassification,
     PreTrainedModel,
 )
+from transformers.utils import logging as hf_logging
 
 from textdistill.errors import UserError
 from textdistill.models.output import ClassifierOutput
@@ -108,16 +115,44 @@ def load_classifier(name_or_path: str, label_names: list[str]) -> PreTrainedMode
         return AutoModelForSequenceClassification.from_pretrained(
             name_or_path, ignore_mismatched_sizes=True, **label_maps(label_names)
         )
-    except OSError as err:
+    except (OSError, ValueError) as err:  # missing files / unknown architecture
         raise UserError(
             f"cannot load model {name_or_path!r}: {err}\n"
             "Give a local folder, or use --scratch PRESET when no checkpoint can be downloaded."
         ) from None
 
 
-def _find_pooler(model: PreTrainedModel) -> nn.Module | None:
-    pooler = getattr(model.base_model, "pooler", None)
-    return pooler if isinstance(pooler, nn.Module) else None
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence ``transformers`` below errors and hide its progress bars, then restore both."""
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _pooler_name(model: PreTrainedModel) -> str | None:
+    """Name (within ``model``) of the module whose output is the ``pooler_output``, if any.
+
+    BERT's pooler includes its tanh; ALBERT keeps the tanh apart (``pooler_activation``), so
+    its output, not the dense layer's, is the pooled vector.
+    """
+    base = model.base_model
+    if not isinstance(getattr(base, "pooler", None), nn.Module):
+        return None
+    leaf = (
+        "pooler_activation"
+        if isinstance(getattr(base, "pooler_activation", None), nn.Module)
+        else "pooler"
+    )
+    prefix = model.base_model_prefix if base is not model else ""
+    return f"{prefix}.{leaf}" if prefix else leaf
 
 
 class TeacherModel(nn.Module):
@@ -127,7 +162,9 @@ class TeacherModel(nn.Module):
         super().__init__()
         self.hf = hf_model
         self.hidden_size = int(hf_model.config.hidden_size)
-        self._pooler = _find_pooler(hf_model)
+        # A name, not the module: a second reference would register the pooler twice and
+        # duplicate its weights in ``state_dict``.
+        self._pooler = _pooler_name(hf_model)
 
     @property
     def num_labels(self) -> int:
@@ -137,7 +174,8 @@ class TeacherModel(nn.Module):
         captured: list[torch.Tensor] = []
         handle = None
         if self._pooler is not None:
-            handle = self._pooler.register_forward_hook(lambda _m, _i, out: captured.append(out))
+            pooler = self.hf.get_submodule(self._pooler)
+            handle = pooler.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
             out = self.hf(
                 input_ids=input_ids,
@@ -148,7 +186,7 @@ class TeacherModel(nn.Module):
             if handle is not None:
                 handle.remove()
         # (B, H): the pooler's output, else the last layer's first token
-        pooled = captured[0] if captured else out.hidden_states[-1][:, 0]
+        pooled = captured[-1] if captured else out.hidden_states[-1][:, 0]
         return ClassifierOutput(logits=out.logits, hidden=pooled)
 
     def word_embeddings(self) -> torch.Tensor:
