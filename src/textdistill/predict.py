@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from textdistill.folders import LoadedModel, load_model
+from textdistill.folders import LoadedModel, load_model, read_meta
 
 EMPTY_REASON = "empty text"
 
@@ -73,8 +73,12 @@ class Classifier:
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return out.logits.float()
 
-    def logits(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Logits (N, C) for texts, in order (empty texts included: they get [CLS][SEP])."""
+    def logits(self, texts: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Logits (N, C) for texts, in order (empty texts included: they get [CLS][SEP]).
+
+        A single string is one text (N = 1), not a sequence of characters.
+        """
+        texts = _as_texts(texts)
         parts = [
             self.forward_batch(self.encode(texts[i : i + batch_size])).numpy()
             for i in range(0, len(texts), batch_size)
@@ -84,12 +88,14 @@ class Classifier:
         return np.concatenate(parts)
 
     def predict(
-        self, texts: Sequence[str], *, top_k: int = 1, batch_size: int = 64
+        self, texts: str | Sequence[str], *, top_k: int = 1, batch_size: int = 64
     ) -> list[Prediction]:
         """Classify texts; empty or whitespace-only texts get ``label=None`` and a reason.
 
+        A single string is one text (one result), not a sequence of characters.
         ``latency_ms`` is the model's time per text within its batch (tokenization included).
         """
+        texts = _as_texts(texts)
         results: list[Prediction | None] = [None] * len(texts)
         valid = []
         for i, t in enumerate(texts):
@@ -122,6 +128,30 @@ class Classifier:
         return [r for r in results if r is not None]
 
 
-def load(path: str | Path) -> Classifier:
-    """Load a model folder (teacher or student) for prediction."""
-    return Classifier(load_model(path))
+def _as_texts(texts: str | Sequence[str]) -> Sequence[str]:
+    # A str is a Sequence[str] too: without this, "球队" would be classified per character.
+    return [texts] if isinstance(texts, str) else texts
+
+
+def load(path: str | Path, *, backend: str | None = None) -> Classifier:
+    """Load a model folder (teacher, student or ONNX export) for prediction.
+
+    ``backend``: ``None`` runs the folder as what it is (an ONNX export on ONNX Runtime,
+    anything else on PyTorch); ``"torch"`` or ``"onnx"`` insist on one and raise a
+    :class:`~textdistill.errors.UserError` for a folder of the other kind. A PyTorch folder
+    marked ``quantize: int8`` (``textdistill export --format torch --quantize int8``) stores
+    fp32 weights and is dynamically quantized here, at load time.
+    """
+    from textdistill.onnx_backend import OnnxClassifier, check_backend, folder_format
+
+    meta = read_meta(path)
+    fmt = folder_format(meta)
+    check_backend(path, fmt, backend)
+    if fmt == "onnx":
+        return OnnxClassifier.from_folder(path)
+    loaded = load_model(path)
+    if meta.get("quantize") == "int8":
+        from textdistill.export import quantize_torch_dynamic
+
+        loaded.model = quantize_torch_dynamic(loaded.model)
+    return Classifier(loaded)

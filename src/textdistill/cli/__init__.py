@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import typer
 
-from textdistill.cli import config_cmd, data_cmd, distill_cmd, pipeline_cmd, teacher_cmd, use_cmd
+from textdistill.cli import (
+    config_cmd,
+    data_cmd,
+    deploy_cmd,
+    distill_cmd,
+    pipeline_cmd,
+    teacher_cmd,
+    use_cmd,
+)
 
 app = typer.Typer(
     name="textdistill",
@@ -23,6 +31,8 @@ app.command("distill")(distill_cmd.distill)
 app.command("evaluate")(use_cmd.evaluate)
 app.command("compare")(use_cmd.compare)
 app.command("predict")(use_cmd.predict)
+app.command("export")(deploy_cmd.export)
+app.command("serve")(deploy_cmd.serve)
 app.command("run")(pipeline_cmd.run)
 app.command("demo")(pipeline_cmd.demo)
 

@@ -1,0 +1,476 @@
+"""The HTTP service: endpoints, every bad-input case, micro-batching, and a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+fastapi = pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("onnxruntime")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from textdistill.cli import app as cli_app  # noqa: E402
+from textdistill.efficiency import size_on_disk_mb  # noqa: E402
+from textdistill.errors import UserError  # noqa: E402
+from textdistill.export import export_model  # noqa: E402
+from textdistill.folders import read_meta, save_student  # noqa: E402
+from textdistill.models.students import build_student  # noqa: E402
+from textdistill.predict import Classifier, load  # noqa: E402
+from textdistill.serve import (  # noqa: E402
+    ENV_MODEL,
+    ENV_SETTINGS,
+    ClassifyResponse,
+    ServeSettings,
+    create_app,
+    create_app_from_env,
+    worker_threads,
+)
+from textdistill.tokenization import build_tokenizer  # noqa: E402
+
+CLASSES = ["sports", "finance", "game"]
+CORPUS = ["球队比赛冠军进球联赛", "银行基金利率投资理财", "游戏玩家网游副本公测", "新闻今日消息"]
+TEXTS = [f"{a}{b}{i}" for i in range(5) for a, b in (("球队", "比赛"), ("银行", "基金"))]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer(CORPUS * 2 + [str(i) for i in range(10)], vocab_size=100)
+
+
+@pytest.fixture(scope="module")
+def student_dir(
+    tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerFast
+) -> Path:
+    torch.manual_seed(0)
+    model = build_student("bilstm", "small", len(tokenizer), 3, embed_dim=8, hidden_dim=8)
+    out = tmp_path_factory.mktemp("serve") / "student"
+    save_student(out, model, tokenizer, CLASSES, max_len=16, metrics={"accuracy": 0.5})
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(student_dir: Path) -> Path:
+    return export_model(student_dir, student_dir.with_name("student-onnx")).out
+
+
+@pytest.fixture
+def clf(student_dir: Path) -> Classifier:
+    """A fresh classifier per test, so that instrumenting it never leaks into another."""
+    return load(student_dir)
+
+
+def _count_calls(clf: Classifier, before: Callable[[], None] | None = None) -> list[int]:
+    """Wrap ``clf.forward_batch``; the returned list gets each call's batch size."""
+    calls: list[int] = []
+    original = clf.forward_batch
+
+    def counting(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        calls.append(int(batch["input_ids"].shape[0]))
+        if before is not None:
+            before()
+        return original(batch)
+
+    clf.forward_batch = counting  # type: ignore[method-assign]
+    return calls
+
+
+def _concurrent_posts(app: Any, bodies: list[dict[str, Any]]) -> list[Any]:
+    """POST all bodies at once through the ASGI app (no lifespan: the batcher starts lazily)."""
+
+    async def run() -> list[Any]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return list(
+                await asyncio.gather(*(client.post("/v1/classify", json=b) for b in bodies))
+            )
+
+    return asyncio.run(run())
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+def test_classify_matches_predict(clf: Classifier) -> None:
+    texts = ["球队比赛", "   ", "银行基金利率"]
+    expected = clf.predict(texts, top_k=2)
+    with TestClient(create_app(clf)) as client:
+        r = client.post("/v1/classify", json={"texts": texts, "top_k": 2})
+    assert r.status_code == 200
+    body = r.json()
+    ClassifyResponse.model_validate(body)  # the documented schema, though not re-validated
+    assert body["model"] == "student" and body["batch_texts"] == 3
+    assert body["queue_ms"] >= 0 and body["batch_ms"] > 0
+    results = body["results"]
+    assert len(results) == 3
+    assert results[1] == {
+        "label": None,
+        "label_id": None,
+        "probability": None,
+        "top_k": [],
+        "latency_ms": None,
+        "reason": "empty text",
+    }
+    for got, want in zip([results[0], results[2]], [expected[0], expected[2]], strict=True):
+        assert got["label"] == want.label and got["label_id"] == want.label_id
+        assert got["probability"] == pytest.approx(want.probability, abs=1e-6)
+        assert [t["label"] for t in got["top_k"]] == [t["label"] for t in want.top_k]
+        assert len(got["top_k"]) == 2
+        assert got["top_k"][0]["probability"] >= got["top_k"][1]["probability"]
+        assert got["latency_ms"] > 0 and got["reason"] is None
+
+
+def test_top_k_defaults_to_one_and_all_empty_texts_skip_the_model(clf: Classifier) -> None:
+    calls = _count_calls(clf)
+    with TestClient(create_app(clf)) as client:
+        calls.clear()  # the start-up warm-up ran once
+        r = client.post("/v1/classify", json={"texts": ["", " \t"]})
+        assert r.status_code == 200
+        assert [x["reason"] for x in r.json()["results"]] == ["empty text", "empty text"]
+        assert calls == []
+        r = client.post("/v1/classify", json={"texts": ["球队"]})
+    assert len(r.json()["results"][0]["top_k"]) == 1
+
+
+def test_healthz_model_stats_and_docs(clf: Classifier, student_dir: Path) -> None:
+    settings = ServeSettings(max_texts=7, max_text_chars=50, max_batch_size=8, max_wait_ms=1.5)
+    with TestClient(create_app(clf, settings)) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        info = client.get("/v1/model").json()
+        client.post("/v1/classify", json={"texts": ["a", "b"]})
+        stats = client.get("/v1/stats").json()
+        assert client.get("/docs").status_code == 200
+        schema = client.get("/openapi.json").json()
+    meta = read_meta(student_dir)
+    assert info["name"] == "student" and info["kind"] == "student"
+    assert info["backend"] == "torch" and info["quantize"] is None
+    assert info["labels"] == CLASSES and info["num_labels"] == 3 and info["max_len"] == 16
+    assert info["fingerprint"] == meta["fingerprint"]
+    assert info["num_parameters"] == meta["num_parameters"]
+    assert info["size_mb"] == pytest.approx(size_on_disk_mb(student_dir), abs=1e-6)
+    assert info["limits"] == {
+        "max_texts": 7,
+        "max_text_chars": 50,
+        "max_batch_size": 8,
+        "max_wait_ms": 1.5,
+        "max_queue_texts": 10_000,
+    }
+    assert stats["requests"] == 1 and stats["texts"] == 2 and stats["batches"] == 1
+    body = schema["components"]["schemas"]["ClassifyRequest"]["properties"]
+    assert body["texts"]["maxItems"] == 7 and body["texts"]["items"]["maxLength"] == 50
+    assert body["top_k"]["maximum"] == 3
+    assert "/v1/classify" in schema["paths"]
+
+
+def test_model_info_of_an_onnx_export(onnx_dir: Path, student_dir: Path) -> None:
+    app = create_app(onnx_dir)
+    options = app.state.classifier.session.get_session_options()
+    # Idle ONNX Runtime threads must not spin: they would starve the event loop.
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with TestClient(app) as client:
+        info = client.get("/v1/model").json()
+        r = client.post("/v1/classify", json={"texts": ["球队比赛"]})
+    assert info["backend"] == "onnx" and info["kind"] == "student"
+    assert info["source_fingerprint"] == read_meta(student_dir)["fingerprint"]
+    assert r.status_code == 200
+    want = load(student_dir).predict(["球队比赛"])[0]
+    assert r.json()["results"][0]["probability"] == pytest.approx(want.probability, abs=1e-5)
+
+
+def test_create_app_from_a_path_checks_the_backend(student_dir: Path) -> None:
+    with pytest.raises(UserError, match="textdistill export"):
+        create_app(student_dir, ServeSettings(backend="onnx"))
+
+
+# ---------------------------------------------------------------- bad input
+
+LIMITS = ServeSettings(max_texts=3, max_text_chars=10)
+JSON = {"content-type": "application/json"}
+
+BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str, str]] = [
+    ("invalid json", {"content": b'{"texts": [', "headers": JSON}, 400, "invalid_json", "JSON"),
+    (
+        "not json",
+        {"content": b"texts=a", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+        415,
+        "unsupported_media_type",
+        "application/json",
+    ),
+    ("no body", {"headers": JSON}, 422, "invalid_request", "body: Field required"),
+    ("array body", {"json": ["a"]}, 422, "invalid_request", "body: Input should be a valid"),
+    ("no texts", {"json": {"top_k": 1}}, 422, "invalid_request", "texts: Field required"),
+    ("texts string", {"json": {"texts": "a"}}, 422, "invalid_request", "texts: Input should be"),
+    ("text int", {"json": {"texts": ["a", 1]}}, 422, "invalid_request", "texts[1]: Input"),
+    ("text null", {"json": {"texts": [None]}}, 422, "invalid_request", "texts[0]: Input"),
+    ("empty list", {"json": {"texts": []}}, 422, "invalid_request", "at least 1 item"),
+    ("too many", {"json": {"texts": ["a"] * 4}}, 422, "invalid_request", "at most 3 items"),
+    (
+        "too long",
+        {"json": {"texts": ["a", "长" * 11]}},
+        422,
+        "invalid_request",
+        "texts[1]: String should have at most 10 characters",
+    ),
+    ("top_k 0", {"json": {"texts": ["a"], "top_k": 0}}, 422, "invalid_request", "top_k"),
+    ("top_k 4", {"json": {"texts": ["a"], "top_k": 4}}, 422, "invalid_request", "less than"),
+    ("top_k str", {"json": {"texts": ["a"], "top_k": "2"}}, 422, "invalid_request", "top_k"),
+    ("top_k float", {"json": {"texts": ["a"], "top_k": 1.5}}, 422, "invalid_request", "top_k"),
+    ("top_k bool", {"json": {"texts": ["a"], "top_k": True}}, 422, "invalid_request", "top_k"),
+    ("unknown", {"json": {"texts": ["a"], "topk": 2}}, 422, "invalid_request", "topk: Extra"),
+    (
+        "huge body",
+        {"content": b'{"texts": ["' + b"a" * 30_000 + b'"]}', "headers": JSON},
+        413,
+        "payload_too_large",
+        "limit",
+    ),
+]
+
+
+@pytest.fixture
+def limited_client(clf: Classifier) -> Any:
+    with TestClient(create_app(clf, LIMITS), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code", "fragment"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+def test_bad_input_gets_a_clear_4xx(
+    limited_client: Any, kwargs: dict[str, Any], status: int, code: str, fragment: str
+) -> None:
+    r = limited_client.post("/v1/classify", **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code
+    assert fragment in error["message"]
+
+
+def test_limits_are_inclusive(limited_client: Any) -> None:
+    r = limited_client.post("/v1/classify", json={"texts": ["长" * 10] * 3, "top_k": 3})
+    assert r.status_code == 200
+    assert all(len(x["top_k"]) == 3 for x in r.json()["results"])
+
+
+def test_unknown_routes_and_methods(limited_client: Any) -> None:
+    r = limited_client.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = limited_client.get("/v1/classify")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_failing_model_fails_its_batch_only(clf: Classifier) -> None:
+    failures = [RuntimeError("boom")]
+
+    def maybe_fail() -> None:
+        if failures:
+            raise failures.pop()
+
+    with TestClient(create_app(clf), raise_server_exceptions=False) as client:
+        _count_calls(clf, before=maybe_fail)
+        r = client.post("/v1/classify", json={"texts": ["球队"]})
+        assert r.status_code == 500
+        assert r.json()["error"] == {
+            "code": "inference_failed",
+            "message": "the model failed on this batch: RuntimeError: boom",
+            "details": [],
+        }
+        assert client.get("/healthz").status_code == 200
+        assert client.post("/v1/classify", json={"texts": ["球队"]}).status_code == 200
+
+
+# ---------------------------------------------------------------- micro-batching
+
+
+def test_concurrent_requests_are_batched(clf: Classifier) -> None:
+    calls = _count_calls(clf)
+    app = create_app(clf, ServeSettings(max_batch_size=64, max_wait_ms=50))
+    texts = TEXTS * 2  # 20 requests of one text each
+    responses = _concurrent_posts(app, [{"texts": [t]} for t in texts])
+    assert [r.status_code for r in responses] == [200] * 20
+    assert 1 <= len(calls) < 20 and sum(calls) == 20
+    stats = app.state.batcher.stats
+    assert stats.requests == 20 and stats.batches == len(calls)
+    assert max(r.json()["batch_texts"] for r in responses) > 1
+    # Every request got its own text's answer back, not a neighbour's.
+    direct = {p.text: p for p in load(clf.path).predict(sorted(set(texts)))}
+    for text, r in zip(texts, responses, strict=True):
+        (result,) = r.json()["results"]
+        assert result["label"] == direct[text].label
+        assert result["probability"] == pytest.approx(direct[text].probability, abs=1e-5)
+
+
+def test_batches_respect_max_batch_size(clf: Classifier) -> None:
+    calls = _count_calls(clf)
+    app = create_app(clf, ServeSettings(max_batch_size=4, max_wait_ms=50, max_texts=10))
+    bodies: list[dict[str, Any]] = [{"texts": [t]} for t in TEXTS[:9]]
+    bodies.append({"texts": TEXTS[:6]})  # larger than a batch: runs alone, chunked by 4
+    responses = _concurrent_posts(app, bodies)
+    assert all(r.status_code == 200 for r in responses)
+    assert all(r.json()["batch_texts"] <= 4 for r in responses[:9])
+    assert responses[9].json()["batch_texts"] == 6 and len(responses[9].json()["results"]) == 6
+    assert max(calls) == 4 and sum(calls) == 15 and len(calls) >= 5
+
+
+def test_full_queue_answers_503(clf: Classifier) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        entered.set()
+        release.wait(10)
+
+    _count_calls(clf, before=block)
+    settings = ServeSettings(max_batch_size=1, max_wait_ms=0, max_texts=1, max_queue_texts=2)
+    app = create_app(clf, settings)
+    batcher = app.state.batcher
+
+    async def scenario() -> tuple[Any, list[Any]]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+
+            def post(text: str) -> asyncio.Task[Any]:
+                return asyncio.create_task(client.post("/v1/classify", json={"texts": [text]}))
+
+            first = post("a")
+            while not entered.is_set():  # the first batch is now running (and blocked)
+                await asyncio.sleep(0.005)
+            queued = [post("b"), post("c")]
+            while batcher.queued_texts < 2:
+                await asyncio.sleep(0.005)
+            rejected = await client.post("/v1/classify", json={"texts": ["d"]})
+            release.set()
+            return rejected, list(await asyncio.gather(first, *queued))
+
+    rejected, served = asyncio.run(scenario())
+    assert rejected.status_code == 503
+    assert rejected.json()["error"]["code"] == "overloaded"
+    assert rejected.headers["retry-after"] == "1"
+    assert [r.status_code for r in served] == [200, 200, 200]
+
+
+def test_shutdown_answers_running_and_queued_requests(clf: Classifier) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        entered.set()
+        release.wait(10)
+
+    _count_calls(clf, before=block)
+    app = create_app(clf, ServeSettings(max_batch_size=1, max_wait_ms=0))
+    batcher = app.state.batcher
+
+    async def scenario() -> list[Any]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            running = asyncio.create_task(client.post("/v1/classify", json={"texts": ["a"]}))
+            while not entered.is_set():
+                await asyncio.sleep(0.005)
+            queued = asyncio.create_task(client.post("/v1/classify", json={"texts": ["b"]}))
+            while batcher.queued_texts < 1:
+                await asyncio.sleep(0.005)
+            await batcher.close()
+            release.set()
+            return list(await asyncio.gather(running, queued))
+
+    for r in asyncio.run(scenario()):
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "shutting_down"
+
+
+# ---------------------------------------------------------------- processes and CLI
+
+
+def test_create_app_from_env(student_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_MODEL, raising=False)
+    with pytest.raises(UserError, match=ENV_MODEL):
+        create_app_from_env()
+    monkeypatch.setenv(ENV_MODEL, str(student_dir))
+    monkeypatch.setenv(ENV_SETTINGS, ServeSettings(max_texts=5).model_dump_json())
+    app = create_app_from_env()
+    assert app.state.settings.max_texts == 5
+    assert app.state.classifier.path == student_dir
+
+
+def test_settings_reject_a_queue_smaller_than_a_request() -> None:
+    with pytest.raises(ValueError, match="max_queue_texts"):
+        ServeSettings(max_texts=300, max_queue_texts=100)
+
+
+def test_worker_threads_share_the_cores() -> None:
+    assert worker_threads(4, cpus=16) == 4
+    assert worker_threads(3, cpus=16) == 5
+    assert worker_threads(32, cpus=16) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "onnx"], "export it first"),
+        (["--backend", "tvm"], "--backend: Input should be 'torch' or 'onnx'"),
+        (["--max-batch-size", "0"], "--max-batch-size: Input should be greater than or equal"),
+        (["--port", "70000"], "--port must be in 1..65535"),
+        (["--workers", "0"], "--workers must be >= 1"),
+    ],
+)
+def test_cli_serve_rejects_bad_options(student_dir: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli_app, ["serve", "--model", str(student_dir), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_real_server_process(onnx_dir: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_file = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "textdistill", "serve", "--model", str(onnx_dir)]
+    cmd += ["--port", str(port), "--max-wait-ms", "2", "--threads", "1"]
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 45
+        while True:
+            assert proc.poll() is None, log_file.read_text(errors="replace")
+            assert time.monotonic() < deadline, "server not ready in 45 s"
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        r = httpx.post(f"{base}/v1/classify", json={"texts": ["球队比赛", ""], "top_k": 2})
+        assert r.status_code == 200
+        first, empty = r.json()["results"]
+        assert first["label"] in CLASSES and len(first["top_k"]) == 2
+        assert empty["label"] is None and empty["reason"] == "empty text"
+        assert httpx.get(f"{base}/v1/model").json()["backend"] == "onnx"
+        bad = httpx.post(f"{base}/v1/classify", json={"texts": []})
+        assert bad.status_code == 422
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert "Application shutdown complete" in log_file.read_text(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
