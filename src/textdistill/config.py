@@ -56,6 +56,8 @@ class TokenizerConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(3, ge=0)
     batch_size: int = Field(64, ge=1)
+    """Global rows per micro-batch, split evenly across the processes of a multi-process run
+    (so a multiple of their number); the same config gives the same run on any number."""
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, le=1)
@@ -146,6 +148,11 @@ class DistillConfig(_Section):
     extra: list[str] = Field(default_factory=list)
     """Unlabeled text files (one per line) added to the transfer set."""
     cache_batch_size: int = Field(256, ge=1)
+    augment_copies: int = Field(0, ge=0)
+    """Perturbed copies of each transfer text, labelled by the teacher only (0: none)."""
+    augment_mask_prob: float = Field(0.1, ge=0, lt=1)
+    augment_ngram_prob: float = Field(0.25, ge=0, le=1)
+    augment_seed: int = 7
 
 
 class EvalConfig(_Section):

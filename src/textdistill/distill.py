@@ -8,8 +8,10 @@ matching through a learned projection).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,17 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from textdistill import distributed
+from textdistill.augment import augment_texts
 from textdistill.batching import TextDataset, make_collate
 from textdistill.cache import SoftTargets, build_soft_targets
 from textdistill.config import Config
 from textdistill.data import Corpus, read_texts
 from textdistill.errors import UserError
 from textdistill.folders import load_model, read_meta, save_student
+from textdistill.io import read_json
 from textdistill.losses import LossOutput, distillation_loss, make_projection, temperature_at
-from textdistill.models.students import build_student, init_embeddings_from_teacher
+from textdistill.models.students import STUDENTS, build_student, init_embeddings_from_teacher
 from textdistill.models.teacher import TeacherModel
 from textdistill.tokenization import build_tokenizer, encode_cached, load_tokenizer
 from textdistill.train import fit
@@ -54,12 +59,24 @@ class TransferSet:
 
 
 def transfer_set(cfg: Config, data: TrainingData) -> TransferSet:
+    """Labelled train rows, then unlabeled texts, then augmented copies of both.
+
+    Mode ``none`` has no teacher to label anything else, so it gets the labelled rows only.
+    """
+    d = cfg.distill
     texts = list(data.train.texts)
     labels = list(data.train.labels)
-    if cfg.distill.mode != "none":
+    if d.mode != "none":
         extra = list(data.unlabeled_texts)
-        for f in cfg.distill.extra:
+        for f in d.extra:
             extra.extend(read_texts(f))
+        extra += augment_texts(
+            texts + extra,
+            d.augment_copies,
+            seed=d.augment_seed,
+            mask_prob=d.augment_mask_prob,
+            ngram_prob=d.augment_ngram_prob,
+        )
         texts += extra
         labels += [-1] * len(extra)
     return TransferSet(texts, labels)
@@ -80,6 +97,59 @@ def _student_tokenizer(
     )
 
 
+def default_preset(arch: str) -> str:
+    """The preset a student architecture uses when none is chosen (its first one).
+
+    Raises:
+        UserError: unknown architecture (the message lists the valid ones).
+    """
+    if arch not in STUDENTS:
+        raise UserError(f"unknown student architecture '{arch}'; valid: {', '.join(STUDENTS)}")
+    return next(iter(STUDENTS[arch][1]))
+
+
+def preset_for(arch: str, configured_arch: str, configured_preset: str) -> str:
+    """The preset of ``arch`` when the configuration was written for ``configured_arch``.
+
+    A preset names a size of one architecture (bilstm ``small``, textcnn ``default``), so
+    switching the architecture without naming a preset takes the new one's default instead
+    of failing on the old one's preset name.
+    """
+    return configured_preset if arch == configured_arch else default_preset(arch)
+
+
+def _check_teachers(cfg: Config, teachers: list[str], label_names: list[str]) -> None:
+    """Fail before any work on a mode without a teacher, a teacher of other classes or
+    ensemble weights that do not match the teachers."""
+    mode = cfg.distill.mode
+    if mode != "none" and not teachers:
+        raise UserError(
+            f"--mode {mode} needs a teacher (--teacher DIR); only --mode none trains without one"
+        )
+    weights = cfg.distill.teacher_weights
+    if weights is not None and len(weights) != len(teachers):
+        raise UserError(
+            f"{len(weights)} teacher weight(s) for {len(teachers)} teacher(s); give one "
+            "--teacher-weight per --teacher"
+        )
+    for t in teachers:
+        read_meta(t)  # a clear error for a missing or foreign folder
+        theirs = _label_names(Path(t))
+        if theirs != label_names:
+            raise UserError(
+                f"{t}: the teacher's classes {theirs} differ from the data's {label_names}; "
+                "distill on the data the teacher was trained for"
+            )
+
+
+def _label_names(folder: Path) -> list[str]:
+    path = folder / "labels.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: no labels.json; not a complete model folder")
+    names = read_json(path)
+    return [str(n) for n in names]
+
+
 def _check_mode(cfg: Config, targets: SoftTargets | None) -> None:
     mode = cfg.distill.mode
     if mode == "none":
@@ -98,47 +168,34 @@ def _teacher_fingerprints(teachers: list[str]) -> list[str]:
     return [str(read_meta(t).get("fingerprint", "")) for t in teachers]
 
 
-def distill(
-    cfg: Config, corpus: Corpus, out: str | Path, *, stage_key: str | None = None
-) -> StudentResult:
-    """Train a student as ``cfg.distill`` says and write its folder to ``out``.
+def _student_max_len(cfg: Config, teachers: list[str], max_len: int | None) -> int:
+    # The teacher's length by default: its soft targets were computed on texts cut there,
+    # and a student that sees more (or less) of a text learns a slightly different target.
+    if max_len is not None:
+        if max_len < 4:
+            raise UserError(f"max_len must be at least 4, got {max_len}")
+        return max_len
+    if teachers:
+        return int(read_meta(teachers[0]).get("max_len", cfg.tokenizer.max_len))
+    return cfg.tokenizer.max_len
 
-    ``stage_key`` (from the pipeline) is stored in the folder's metadata.
-    """
-    out = Path(out)
-    work = work_dir_for(out)
-    d = cfg.distill
-    teachers = list(d.teachers)
-    data = prepare_training_data(cfg, corpus)
-    tokenizer = _student_tokenizer(cfg, teachers, data)
-    transfer = transfer_set(cfg, data)
-    max_len = (
-        int(read_meta(teachers[0]).get("max_len", cfg.tokenizer.max_len))
-        if teachers
-        else (cfg.tokenizer.max_len)
-    )
 
-    targets = None
-    if d.mode != "none":
-        if not teachers:
-            raise UserError(f"--mode {d.mode} needs a teacher (--teacher DIR)")
-        targets = build_soft_targets(
-            teachers,
-            transfer.texts,
-            weights=d.teacher_weights,
-            ensemble=d.ensemble,
-            with_pooled=d.mode == "hidden",
-            batch_size=d.cache_batch_size,
-            progress=cfg.student.train.progress,
-        )
-    _check_mode(cfg, targets)
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Draw initial weights from ``seed`` (the same seed gives the same student) without
+    disturbing the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
+
+def _new_student(cfg: Config, tokenizer: PreTrainedTokenizerBase, num_labels: int) -> nn.Module:
     s = cfg.student
-    student = build_student(
+    return build_student(
         s.arch,
         s.preset,
         vocab_size=len(tokenizer),
-        num_labels=len(corpus.label_names),
+        num_labels=num_labels,
         pad_id=int(tokenizer.pad_token_id or 0),
         embed_dim=s.embed_dim,
         hidden_dim=s.hidden_dim,
@@ -147,8 +204,57 @@ def distill(
         num_filters=s.num_filters,
         filter_sizes=tuple(s.filter_sizes) if s.filter_sizes else None,
     )
+
+
+def distill(
+    cfg: Config,
+    corpus: Corpus,
+    out: str | Path,
+    *,
+    stage_key: str | None = None,
+    max_len: int | None = None,
+) -> StudentResult:
+    """Train a student as ``cfg.distill`` says and write its folder to ``out``.
+
+    ``stage_key`` (from the pipeline) is stored in the folder's metadata. ``max_len``: tokens
+    per text for the student; by default the (first) teacher's, without a teacher
+    ``cfg.tokenizer.max_len``.
+
+    Raises:
+        UserError: a mode that needs a teacher without one, a teacher trained on other
+            classes, an unknown student architecture or preset, mode ``hidden`` without
+            teacher sentence vectors.
+    """
+    out = Path(out)
+    work = work_dir_for(out)
+    d, s = cfg.distill, cfg.student
+    teachers = list(d.teachers)
+    _check_teachers(cfg, teachers, corpus.label_names)
+    num_labels = len(corpus.label_names)
+    data = prepare_training_data(cfg, corpus)
+    tokenizer = _student_tokenizer(cfg, teachers, data)
+    # Built before the teacher runs, so a wrong architecture or size fails at once.
+    with _seeded(s.train.seed):
+        student = _new_student(cfg, tokenizer, num_labels)
     if s.init_embeddings == "teacher":
         _init_from_teacher(student, teachers)
+    transfer = transfer_set(cfg, data)
+    if d.mode == "none" and d.extra:
+        log.warning("mode none learns from gold labels only; the --extra texts are not used")
+    max_len = _student_max_len(cfg, teachers, max_len)
+
+    targets = None
+    if d.mode != "none":
+        targets = build_soft_targets(
+            teachers,
+            transfer.texts,
+            weights=d.teacher_weights,
+            ensemble=d.ensemble,
+            with_pooled=d.mode == "hidden",
+            batch_size=d.cache_batch_size,
+            progress=s.train.progress,
+        )
+    _check_mode(cfg, targets)
 
     enc = encode_cached(tokenizer, transfer.texts, max_len, cache_dir=None)
     train_ds = TextDataset(
@@ -164,10 +270,13 @@ def distill(
     if d.mode == "hidden":
         assert targets is not None and targets.pooled is not None
         student_width = int(getattr(student, "hidden_size"))  # noqa: B009 - every student has it
-        proj = make_projection(student_width, int(targets.pooled.shape[1]))
+        with _seeded(s.train.seed + 1):
+            proj = make_projection(student_width, int(targets.pooled.shape[1]))
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], progress: float) -> LossOutput:
         out_ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        # `proj` is the module fit() trains (extra_modules): moved to the device in place,
+        # so this closure and the optimizer see the same parameters.
         return distillation_loss(
             out_,
             batch,
@@ -197,30 +306,37 @@ def distill(
         collate_fn=make_collate(int(tokenizer.pad_token_id or 0)),
         dev_set=dev_ds,
         extra_modules=[proj] if proj is not None else [],
-        num_labels=len(corpus.label_names),
+        num_labels=num_labels,
         stage=f"distill-{d.mode}",
     )
-    meta = save_student(
-        out,
-        result.model.cpu(),
-        tokenizer,
-        corpus.label_names,
-        cfg=cfg,
-        max_len=max_len,
-        metrics=result.best_metrics,
-        history=work / "train" / "metrics.jsonl",
-        extra={
-            "mode": d.mode,
-            "teachers": [str(Path(t).resolve()) for t in teachers],
-            "teacher_fingerprint": ",".join(_teacher_fingerprints(teachers)) or None,
-            "transfer_rows": len(transfer.texts),
-            "labelled_rows": transfer.n_labelled,
-            "best_step": result.best_step,
-            "soft_targets": str(targets.path) if targets is not None else None,
-            "stage_key": stage_key,
-        },
-    )
-    shutil.rmtree(work, ignore_errors=True)
+    trained = result.model
+
+    def save() -> dict[str, Any]:
+        return save_student(
+            out,
+            trained.cpu(),
+            tokenizer,
+            corpus.label_names,
+            cfg=cfg,
+            max_len=max_len,
+            metrics=result.best_metrics,
+            history=work / "train" / "metrics.jsonl",
+            extra={
+                "mode": d.mode,
+                "teachers": [str(Path(t).resolve()) for t in teachers],
+                "teacher_fingerprint": ",".join(_teacher_fingerprints(teachers)) or None,
+                "transfer_rows": len(transfer.texts),
+                "labelled_rows": transfer.n_labelled,
+                "best_step": result.best_step,
+                "soft_targets": str(targets.path) if targets is not None else None,
+                "stage_key": stage_key,
+            },
+        )
+
+    # One writer; the other processes wait for the folder and receive its metadata.
+    meta = distributed.on_main(save)
+    if distributed.is_main_process():
+        shutil.rmtree(work, ignore_errors=True)
     return StudentResult(path=out, meta=meta)
 
 

@@ -17,7 +17,7 @@ from textdistill.errors import UserError
 from textdistill.io import write_json
 from textdistill.metrics import agreement, classification_metrics
 from textdistill.predict import Classifier, load
-from textdistill.report import ModelSummary, load_history, write_report
+from textdistill.report import ModelSummary, build_comparison, load_history, write_report
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,21 @@ class Evaluation:
 
 
 def predictions(clf: Classifier, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """Predicted class ids (N,) of ``texts``, in order."""
     return clf.logits(texts, batch_size=batch_size).argmax(-1)
+
+
+def check_labels(clf: Classifier, label_names: Sequence[str], what: str = "data") -> None:
+    """Raise a :class:`UserError` unless ``clf`` predicts exactly ``label_names`` in order.
+
+    Comparing predicted ids with gold ids of another class list would give meaningless
+    numbers without any error.
+    """
+    if list(clf.label_names) != list(label_names):
+        raise UserError(
+            f"{clf.path}: the model's classes {list(clf.label_names)} differ from the "
+            f"{what}'s {list(label_names)}"
+        )
 
 
 def _known_teacher(clf: Classifier, teacher: str | Path | None) -> Path | None:
@@ -60,6 +74,13 @@ def _known_teacher(clf: Classifier, teacher: str | Path | None) -> Path | None:
     return None
 
 
+def _labelled(split: Split) -> tuple[list[str], list[int]]:
+    rows = [i for i, y in enumerate(split.labels) if y >= 0]
+    if not rows:
+        raise UserError(f"split {split.name!r} has no labelled rows to evaluate on")
+    return [split.texts[i] for i in rows], [split.labels[i] for i in rows]
+
+
 def evaluate_model(
     model: str | Path | Classifier,
     split: Split,
@@ -67,28 +88,33 @@ def evaluate_model(
     teacher: str | Path | None = None,
     efficiency: bool = True,
     eval_cfg: EvalConfig | None = None,
+    label_names: Sequence[str] | None = None,
+    with_agreement: bool = True,
 ) -> Evaluation:
     """Accuracy, micro/macro P/R/F1, per-class report and confusion matrix on a split.
 
-    For a student whose teacher folder is known (or given), also the agreement rate with
-    the teacher's predictions. With ``efficiency``, latency and throughput as well.
+    Rows without a gold label are left out. With ``with_agreement``, for a student whose
+    teacher folder is given or known (its only teacher, recorded in its folder), also the
+    rate of agreement with the teacher's predictions. With ``efficiency``, latency and
+    throughput as well.
+
+    Raises:
+        UserError: the split has no labelled row, or the model's (or teacher's) classes
+            differ from ``label_names`` (when given) or from each other.
     """
     cfg = eval_cfg or EvalConfig()
     clf = model if isinstance(model, Classifier) else load(model)
-    labelled = [i for i, y in enumerate(split.labels) if y >= 0]
-    if not labelled:
-        raise UserError(f"split {split.name!r} has no labelled rows to evaluate on")
-    texts = [split.texts[i] for i in labelled]
-    gold = [split.labels[i] for i in labelled]
-    pred = predictions(clf, texts, cfg.batch_size)
-    metrics = classification_metrics(gold, pred.tolist(), clf.label_names)
-    result = Evaluation(
-        model=str(clf.path), split=split.name, metrics=metrics, predictions=pred.tolist()
-    )
-    teacher_dir = _known_teacher(clf, teacher) if clf.kind != "teacher" else None
+    if label_names is not None:
+        check_labels(clf, label_names)
+    texts, gold = _labelled(split)
+    pred = predictions(clf, texts, cfg.batch_size).tolist()
+    metrics = classification_metrics(gold, pred, clf.label_names)
+    result = Evaluation(model=str(clf.path), split=split.name, metrics=metrics, predictions=pred)
+    teacher_dir = _known_teacher(clf, teacher) if with_agreement else None
     if teacher_dir is not None:
-        t_pred = predictions(load(teacher_dir), texts, cfg.batch_size)
-        result.agreement = agreement(pred.tolist(), t_pred.tolist())
+        t_clf = load(teacher_dir)
+        check_labels(t_clf, clf.label_names, what="student")
+        result.agreement = agreement(pred, predictions(t_clf, texts, cfg.batch_size).tolist())
         result.teacher = str(teacher_dir)
     if efficiency:
         result.efficiency = measure_efficiency(
@@ -103,13 +129,16 @@ def evaluate_model(
 
 
 def save_evaluation(result: Evaluation, out_dir: str | Path) -> Path:
+    """Write ``eval_<split>.json`` into ``out_dir``; returns its path."""
     path = Path(out_dir) / f"eval_{result.split}.json"
     write_json(path, result.to_dict())
     return path
 
 
 def summarize(clf: Classifier, ev: Evaluation, name: str | None = None) -> ModelSummary:
-    assert ev.efficiency is not None
+    """The report's view of one evaluation (which must include efficiency)."""
+    if ev.efficiency is None:
+        raise ValueError("summarize needs an evaluation with efficiency measurements")
     params = clf.meta.get("num_parameters")
     return ModelSummary.from_results(
         name=name or clf.path.name,
@@ -125,6 +154,21 @@ def summarize(clf: Classifier, ev: Evaluation, name: str | None = None) -> Model
     )
 
 
+def model_names(models: Sequence[str | Path], names: Sequence[str] | None = None) -> list[str]:
+    """Display names: ``names`` when given, else the folder names; repeats get ``-2``, ``-3``."""
+    if names is not None and len(names) != len(models):
+        raise UserError(f"give one name per model ({len(models)} models, {len(names)} names)")
+    raw = list(names) if names is not None else [Path(m).resolve().name for m in models]
+    out: list[str] = []
+    for name in raw:
+        unique, n = name, 1
+        while unique in out:  # also skips a suffix another model already carries
+            n += 1
+            unique = f"{name}-{n}"
+        out.append(unique)
+    return out
+
+
 def compare_models(
     models: Sequence[str | Path],
     split: Split,
@@ -133,26 +177,37 @@ def compare_models(
     names: Sequence[str] | None = None,
     eval_cfg: EvalConfig | None = None,
     reference: str | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> tuple[Path, list[ModelSummary]]:
-    """Evaluate every model the same way and write the comparison report."""
-    if names is not None and len(names) != len(models):
-        raise UserError("give one name per model")
-    summaries = []
-    for i, m in enumerate(models):
-        clf = load(m)
+    """Evaluate every model the same way and write the comparison report.
+
+    The reference model (``reference`` by name, else the first teacher, else the largest
+    model) is what the report's ratios and each model's ``agreement`` refer to.
+
+    Raises:
+        UserError: no models, an unknown ``reference``, or classes that differ from
+            ``label_names`` (when given) or between the models.
+    """
+    if not models:
+        raise UserError("give at least one model to compare")
+    shown = model_names(models, names)
+    if reference is not None and reference not in shown:
+        raise UserError(f"--reference {reference!r} is not among the models: {', '.join(shown)}")
+    cfg = eval_cfg or EvalConfig()
+    classifiers = [load(m) for m in models]
+    expected = list(label_names) if label_names is not None else classifiers[0].label_names
+    for clf in classifiers:
+        check_labels(clf, expected, "data" if label_names is not None else "first model")
+    summaries, preds = [], []
+    for clf, name in zip(classifiers, shown, strict=True):
         log.info("evaluating %s", clf.path)
-        ev = evaluate_model(clf, split, efficiency=True, eval_cfg=eval_cfg)
-        summaries.append(summarize(clf, ev, names[i] if names else None))
-    _dedupe_names(summaries)
+        # Agreement is measured below against the reference, not each model's own teacher.
+        ev = evaluate_model(clf, split, efficiency=True, eval_cfg=cfg, with_agreement=False)
+        summaries.append(summarize(clf, ev, name))
+        preds.append(ev.predictions)
+    rows = build_comparison(summaries, reference)
+    ref = next(i for i, row in enumerate(rows) if row["reference"])
+    for i, summary in enumerate(summaries):
+        summary.agreement = None if i == ref else agreement(preds[i], preds[ref])
     path = write_report(summaries, out_dir, reference=reference)
     return path, summaries
-
-
-def _dedupe_names(summaries: list[ModelSummary]) -> None:
-    seen: dict[str, int] = {}
-    for s in summaries:
-        if s.name in seen:
-            seen[s.name] += 1
-            s.name = f"{s.name}-{seen[s.name]}"
-        else:
-            seen[s.name] = 1

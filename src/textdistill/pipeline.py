@@ -8,30 +8,37 @@ the stages it finished (and, inside a stage, from its last checkpoint).
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from textdistill import distributed
 from textdistill.config import Config, PipelineStudent, apply_overrides, load_config
-from textdistill.data import Corpus
-from textdistill.distill import distill
+from textdistill.data import Corpus, Split
+from textdistill.distill import distill, preset_for
 from textdistill.errors import UserError
 from textdistill.evaluate import compare_models
 from textdistill.folders import META_FILE, read_meta
 from textdistill.io import files_sha256, read_json, write_json
 from textdistill.teacher_train import train_teacher
-from textdistill.workspace import open_corpus
+from textdistill.workspace import open_corpus, work_dir_for
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class PipelineResult:
+    """Where a run put everything; ``skipped`` lists the stages found up to date (in stage
+    order) and ``timings`` the seconds of those that ran."""
+
     out: Path
     teacher: Path
     students: dict[str, Path]
@@ -40,7 +47,17 @@ class PipelineResult:
     skipped: list[str] = field(default_factory=list)
 
 
+STAGE_FILE = "stage.json"
+"""In a stage's work folder while it runs, and in a report folder when it is written: the
+key of the inputs it was (or is being) built from."""
+TEACHER_STAGE = "teacher"
+# Training settings that change how a run reports progress or recovers, not what it makes.
+_OUTPUT_ONLY = ("resume", "progress", "checkpoint_every", "log_every")
+_TRAIN_SECTIONS = (("teacher", "train"), ("teacher", "mlm"), ("student", "train"))
+
+
 def stage_key(*parts: Any) -> str:
+    """A short hash of JSON-able ``parts``: equal keys mean equal stage inputs."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -50,11 +67,58 @@ def _done(folder: Path, key: str) -> bool:
     return meta_file.is_file() and read_meta(folder).get("stage_key") == key
 
 
+def _key_config(cfg: Config, *sections: str) -> dict[str, Any]:
+    """The config sections a stage depends on, without what cannot change its output.
+
+    The data folder's location is left out (its files' hash is part of every key, so a moved
+    folder is the same data) and so are the training settings in :data:`_OUTPUT_ONLY`.
+    """
+    c = cfg.to_dict()
+    out = {name: copy.deepcopy(c[name]) for name in sections}
+    if "data" in out:
+        out["data"].pop("dir", None)
+    for section, train in _TRAIN_SECTIONS:
+        if section in out:
+            for key in _OUTPUT_ONLY:
+                out[section][train].pop(key, None)
+    return out
+
+
+def _resume_flag(folder: Path, key: str) -> bool:
+    """Whether to resume the stage that writes ``folder`` from its work folder.
+
+    A stage's work folder records the key it was started with. With the same key, a killed
+    earlier attempt is continued from its last checkpoint; with another (the config or data
+    changed since), its leftovers are removed and the stage starts over. Collective: the
+    main process decides and tidies up, every process gets the answer.
+    """
+    return distributed.on_main(lambda: _claim_work_dir(folder, key))
+
+
+def _claim_work_dir(folder: Path, key: str) -> bool:
+    work = work_dir_for(folder)
+    stamp = work / STAGE_FILE
+    if stamp.is_file() and read_json(stamp).get("stage_key") == key:
+        log.info("resuming the interrupted stage from %s", work)
+        return True
+    if work.exists():
+        shutil.rmtree(work)
+    write_json(stamp, {"stage_key": key})
+    return False
+
+
 def student_config(cfg: Config, entry: PipelineStudent, teachers: list[Path]) -> Config:
-    """The resolved config of one pipeline student."""
+    """The resolved config of one pipeline student.
+
+    An ``arch`` other than ``student.arch`` without a ``preset`` takes that architecture's
+    default preset (``student.preset`` names a size of ``student.arch``).
+    """
+    preset = entry.preset
+    if entry.arch is not None and preset is None:
+        preset = preset_for(entry.arch, cfg.student.arch, cfg.student.preset)
     overrides: dict[str, Any] = {
         "student.arch": entry.arch,
-        "student.preset": entry.preset,
+        "student.preset": preset,
         "distill.mode": entry.mode,
         "distill.teachers": [str(t) for t in teachers],
     }
@@ -62,12 +126,52 @@ def student_config(cfg: Config, entry: PipelineStudent, teachers: list[Path]) ->
     return apply_overrides(cfg, overrides)
 
 
-def _student_key(cfg: Config, data_hash: str, teachers: list[Path]) -> str:
+def _student_key(
+    cfg: Config, data_hash: str, teacher_names: list[str], teachers: list[Path]
+) -> str:
+    # Teachers enter by stage name and fingerprint, not path, so a moved run folder is
+    # still up to date while a retrained teacher invalidates its students.
     fingerprints = [read_meta(t).get("fingerprint") for t in teachers]
-    c = cfg.to_dict()
-    return stage_key(
-        "student", c["data"], c["tokenizer"], c["student"], c["distill"], data_hash, fingerprints
+    c = _key_config(cfg, "data", "tokenizer", "student", "distill")
+    c["distill"].pop("teachers", None)
+    return stage_key("student", c, data_hash, teacher_names, fingerprints)
+
+
+def _usable_folder_name(name: str) -> bool:
+    return (
+        bool(name)
+        and name == name.strip()
+        and name not in (".", "..")
+        and not any(sep in name for sep in ("/", "\\"))
     )
+
+
+def check_pipeline(cfg: Config) -> None:
+    """Student names must be unique folder names, other than the teacher's, and every
+    student's teachers must be stages that come before it.
+
+    Raises:
+        UserError: naming the offending student.
+    """
+    known = {TEACHER_STAGE}
+    for entry in cfg.pipeline.students:
+        name = entry.name
+        if not _usable_folder_name(name):
+            raise UserError(f"pipeline student name {name!r} is not a usable folder name")
+        if name in known:
+            raise UserError(
+                f"pipeline student name {name!r} is used twice (or is the teacher's); "
+                "give every student its own name"
+            )
+        missing = [t for t in entry.teachers if t not in known]
+        if missing:
+            raise UserError(
+                f"pipeline student {name!r}: unknown teacher stage(s) {missing}; "
+                f"a student may learn from {sorted(known)} (stages listed before it)"
+            )
+        if not entry.teachers:
+            raise UserError(f"pipeline student {name!r}: give at least one teacher stage")
+        known.add(name)
 
 
 def _train_students(
@@ -79,30 +183,37 @@ def _train_students(
     result: PipelineResult,
 ) -> None:
     for entry in cfg.pipeline.students:
-        missing = [t for t in entry.teachers if t not in stages]
-        if missing:
-            raise UserError(
-                f"pipeline student {entry.name!r}: unknown teacher stage(s) {missing}; "
-                f"known so far: {sorted(stages)}"
-            )
-        teachers = [stages[t] for t in entry.teachers]
+        names = list(entry.teachers)
+        teachers = [stages[t] for t in names]
         scfg = student_config(cfg, entry, teachers)
         if scfg.distill.mode == "none":
-            # The baseline twin still shares the first teacher's tokenizer.
-            teachers = teachers[:1]
+            # The baseline twin learns from gold labels only but shares the first
+            # teacher's tokenizer, so it sees exactly the distilled students' input ids.
+            names, teachers = names[:1], teachers[:1]
             scfg = apply_overrides(scfg, {"distill.teachers": [str(t) for t in teachers]})
         folder = out / "students" / entry.name
-        key = _student_key(scfg, data_hash, teachers)
+        key = _student_key(scfg, data_hash, names, teachers)
         if _done(folder, key):
             log.info("student %s is up to date; skipping", entry.name)
             result.skipped.append(entry.name)
         else:
             t0 = time.perf_counter()
             log.info("stage: student %s (%s)", entry.name, scfg.distill.mode)
+            if _resume_flag(folder, key):
+                scfg = apply_overrides(scfg, {"student.train.resume": True})
             distill(scfg, corpus, folder, stage_key=key)
             result.timings[f"student:{entry.name}"] = time.perf_counter() - t0
         stages[entry.name] = folder
         result.students[entry.name] = folder
+
+
+def _write_report(
+    cfg: Config, models: list[Path], names: list[str], split: Split, folder: Path, key: str
+) -> None:
+    stamp = folder / STAGE_FILE
+    stamp.unlink(missing_ok=True)  # a report cut short must not pass as finished
+    compare_models(models, split, folder, names=names, eval_cfg=cfg.eval)
+    write_json(stamp, {"stage_key": key})
 
 
 def _report(
@@ -111,51 +222,73 @@ def _report(
     out: Path,
     models: list[Path],
     names: list[str],
+    data_hash: str,
     result: PipelineResult,
 ) -> None:
     fingerprints = [read_meta(m).get("fingerprint") for m in models]
+    eval_cfg = _key_config(cfg, "eval")
     for split_name in cfg.pipeline.report_splits:
         if split_name not in corpus.splits:
             log.warning("no %r split in %s; not reported", split_name, corpus.root)
             continue
         folder = out / f"report-{split_name}"
-        key = stage_key("report", split_name, names, fingerprints, cfg.to_dict()["eval"])
-        stamp = folder / "stage.json"
+        # The data hash too: new test rows change the report even when no model changed.
+        key = stage_key("report", split_name, names, fingerprints, eval_cfg, data_hash)
+        stamp = folder / STAGE_FILE
         if stamp.is_file() and read_json(stamp).get("stage_key") == key:
             log.info("report on %s is up to date; skipping", split_name)
             result.skipped.append(f"report-{split_name}")
         else:
             t0 = time.perf_counter()
-            compare_models(models, corpus.split(split_name), folder, names=names, eval_cfg=cfg.eval)
-            write_json(stamp, {"stage_key": key})
+            write = functools.partial(
+                _write_report, cfg, models, names, corpus.split(split_name), folder, key
+            )
+            distributed.on_main(write)  # one process measures; the others wait
             result.timings[f"report:{split_name}"] = time.perf_counter() - t0
         result.reports[split_name] = folder / "compare.md"
 
 
+def _train_teacher_stage(
+    cfg: Config, corpus: Corpus, folder: Path, data_hash: str, result: PipelineResult
+) -> None:
+    key = stage_key("teacher", _key_config(cfg, "data", "tokenizer", "teacher"), data_hash)
+    if _done(folder, key):
+        log.info("teacher is up to date; skipping")
+        result.skipped.append(TEACHER_STAGE)
+        return
+    t0 = time.perf_counter()
+    log.info("stage: teacher")
+    if _resume_flag(folder, key):
+        cfg = apply_overrides(cfg, {"teacher.train.resume": True, "teacher.mlm.resume": True})
+    train_teacher(cfg, corpus, folder, stage_key=key)
+    result.timings[TEACHER_STAGE] = time.perf_counter() - t0
+
+
 def run_pipeline(cfg: Config, out: str | Path) -> PipelineResult:
-    """Run every stage of ``cfg`` into ``out``, skipping those already done."""
+    """Run every stage of ``cfg`` into ``out``, skipping those already done.
+
+    Layout of ``out``: ``teacher/``, ``students/<name>/``, ``report-<split>/`` and
+    ``pipeline.json`` (stage times and the stages skipped by this run).
+
+    Raises:
+        UserError: an invalid ``pipeline`` section (see :func:`check_pipeline`), or any
+            stage's user error.
+    """
+    check_pipeline(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = open_corpus(cfg)
     data_hash = files_sha256(corpus.files())
-    teacher_dir = out / "teacher"
-    c = cfg.to_dict()
-    t_key = stage_key("teacher", c["data"], c["tokenizer"], c["teacher"], data_hash)
+    teacher_dir = out / TEACHER_STAGE
     result = PipelineResult(out=out, teacher=teacher_dir, students={}, reports={})
-    if _done(teacher_dir, t_key):
-        log.info("teacher is up to date; skipping")
-        result.skipped.append("teacher")
-    else:
-        t0 = time.perf_counter()
-        log.info("stage: teacher")
-        train_teacher(cfg, corpus, teacher_dir, stage_key=t_key)
-        result.timings["teacher"] = time.perf_counter() - t0
-    stages: dict[str, Path] = {"teacher": teacher_dir}
+    _train_teacher_stage(cfg, corpus, teacher_dir, data_hash, result)
+    stages: dict[str, Path] = {TEACHER_STAGE: teacher_dir}
     _train_students(cfg, corpus, out, stages, data_hash, result)
-    names = ["teacher", *result.students]
+    names = [TEACHER_STAGE, *result.students]
     models = [teacher_dir, *result.students.values()]
-    _report(cfg, corpus, out, models, names, result)
-    write_json(out / "pipeline.json", {"timings_s": result.timings, "skipped": result.skipped})
+    _report(cfg, corpus, out, models, names, data_hash, result)
+    summary = {"timings_s": result.timings, "skipped": result.skipped}
+    distributed.on_main(lambda: write_json(out / "pipeline.json", summary))
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,11 +52,23 @@ def work_dir_for(out: str | Path) -> Path:
     return out.with_name(out.name + ".work")
 
 
-def open_corpus(cfg: Config) -> Corpus:
-    """The configured data folder, or the built-in sample (fetched on first use)."""
+def open_corpus(cfg: Config, also: Sequence[str] = ()) -> Corpus:
+    """The configured data folder, or the built-in sample (fetched on first use).
+
+    Reads the train split and the dev split (unless ``data.holdout`` replaces it), and,
+    when their files exist, the test split, the pipeline's report splits and ``also``.
+    """
     from textdistill.data import load_corpus
     from textdistill.sample import fetch_sample
 
-    root = Path(cfg.data.dir) if cfg.data.dir else fetch_sample()
-    required = tuple({cfg.data.train_split, cfg.data.dev_split})
-    return load_corpus(root, required=required, max_errors=cfg.data.max_errors)
+    d = cfg.data
+    root = Path(d.dir) if d.dir else fetch_sample()
+    # With a holdout carved from train, the dev split only reports and may be absent.
+    required = [d.train_split] if d.holdout is not None else [d.train_split, d.dev_split]
+    # Every other split the config names is read when present (load_corpus reads only the
+    # splits it is asked for).
+    wanted = [d.dev_split, d.test_split, *cfg.pipeline.report_splits, *also]
+    optional = [name for name in dict.fromkeys(wanted) if name not in required]
+    return load_corpus(
+        root, required=tuple(dict.fromkeys(required)), optional=optional, max_errors=d.max_errors
+    )

@@ -27,10 +27,19 @@ VerboseOpt = typer.Option(False, "--verbose", "-v", help="Debug logging.")
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Rich logging; under a multi-process launcher only the main process talks.
+
+    The other processes log warnings and errors only and print no results, so a run on N
+    processes reads like a run on one.
+    """
+    from textdistill.distributed import launched_rank
+
+    main = launched_rank() == 0
     root = logging.getLogger("textdistill")
     if not any(isinstance(h, RichHandler) for h in root.handlers):
         root.addHandler(RichHandler(console=err_console, show_path=False, show_time=False))
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel((logging.DEBUG if verbose else logging.INFO) if main else logging.WARNING)
+    console.quiet = not main
 
 
 def resolve_config(path: Path | None, overrides: dict[str, Any]) -> Config:
@@ -61,7 +70,9 @@ DataOpt = typer.Option(
     None, "--data", "-d", help="Data folder (THUCNews layout); default: the built-in sample."
 )
 EpochsOpt = typer.Option(None, "--epochs", help="Training epochs.")
-BatchOpt = typer.Option(None, "--batch-size", help="Batch size per optimizer step.")
+BatchOpt = typer.Option(
+    None, "--batch-size", help="Rows per batch, all processes together (split between them)."
+)
 LrOpt = typer.Option(None, "--lr", help="Peak learning rate.")
 SeedOpt = typer.Option(None, "--seed", help="Random seed.")
 MaxLenOpt = typer.Option(None, "--max-len", help="Maximum tokens per text.")

@@ -59,6 +59,15 @@ def distill(
     init_embeddings: str | None = typer.Option(
         None, "--init-embeddings", help="random, or teacher (PCA of its word embeddings)."
     ),
+    embed_dim: int | None = typer.Option(
+        None, "--embed-dim", min=2, help="Student embedding width (overrides the preset)."
+    ),
+    hidden_dim: int | None = typer.Option(
+        None, "--hidden-dim", min=2, help="BiLSTM width per direction (overrides the preset)."
+    ),
+    num_filters: int | None = typer.Option(
+        None, "--num-filters", min=1, help="TextCNN filters per width (overrides the preset)."
+    ),
     epochs: int | None = EpochsOpt,
     batch_size: int | None = BatchOpt,
     lr: float | None = LrOpt,
@@ -69,11 +78,20 @@ def distill(
     config: Path | None = ConfigOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Distill a teacher into a small student (BiLSTM or TextCNN)."""
+    """Distill a teacher into a small student (BiLSTM or TextCNN).
+
+    Without --max-len the student reads as many tokens as its teacher did.
+    """
+    from textdistill.config import load_config
     from textdistill.distill import distill as run_distill
+    from textdistill.distill import preset_for
     from textdistill.workspace import open_corpus
 
     setup_logging(verbose)
+    if student is not None and preset is None:
+        # The file's preset names a size of the file's architecture, not of --student's.
+        base = load_config(config).student
+        preset = preset_for(student, base.arch, base.preset)
     cfg = resolve_config(
         config,
         {
@@ -92,6 +110,9 @@ def distill(
             "student.arch": student,
             "student.preset": preset,
             "student.init_embeddings": init_embeddings,
+            "student.embed_dim": embed_dim,
+            "student.hidden_dim": hidden_dim,
+            "student.num_filters": num_filters,
             "tokenizer.max_len": max_len,
             **train_overrides(
                 "student.train",
@@ -104,7 +125,7 @@ def distill(
             ),
         },
     )
-    result = run_distill(cfg, open_corpus(cfg), out)
+    result = run_distill(cfg, open_corpus(cfg), out, max_len=max_len)
     m = result.meta
     dev = m["dev_metrics"]
     console.print(

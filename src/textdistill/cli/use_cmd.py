@@ -32,15 +32,8 @@ def _split(
     from textdistill.workspace import open_corpus
 
     cfg = resolve_config(config, {"data.dir": str(data) if data else None, "eval.threads": threads})
-    corpus = open_corpus(cfg)
+    corpus = open_corpus(cfg, also=[split])
     return cfg, corpus, corpus.split(split)
-
-
-def _check_labels(model_labels: list[str], data_labels: list[str], model: Path) -> None:
-    if model_labels != data_labels:
-        raise UserError(
-            f"{model}: the model's classes {model_labels} differ from the data's {data_labels}"
-        )
 
 
 @user_errors
@@ -68,9 +61,14 @@ def evaluate(
 
     setup_logging(verbose)
     cfg, corpus, sp = _split(data, config, split, threads)
-    clf = load(model)
-    _check_labels(clf.label_names, corpus.label_names, model)
-    ev = evaluate_model(clf, sp, teacher=teacher, efficiency=not no_efficiency, eval_cfg=cfg.eval)
+    ev = evaluate_model(
+        load(model),
+        sp,
+        teacher=teacher,
+        efficiency=not no_efficiency,
+        eval_cfg=cfg.eval,
+        label_names=corpus.label_names,
+    )
     path = save_evaluation(ev, out or model)
     console.print(f"[bold]{model}[/] on {split} ({ev.metrics['n']:,} texts)")
     console.print(format_report(ev.metrics), highlight=False, markup=False)
@@ -104,10 +102,24 @@ def compare(
     from textdistill.evaluate import compare_models
 
     setup_logging(verbose)
-    cfg, _corpus, sp = _split(data, config, split, threads)
-    report, _ = compare_models(models, sp, out, eval_cfg=cfg.eval, reference=reference)
+    cfg, corpus, sp = _split(data, config, split, threads)
+    report, _ = compare_models(
+        models, sp, out, eval_cfg=cfg.eval, reference=reference, label_names=corpus.label_names
+    )
     console.print(report.read_text(encoding="utf-8"), highlight=False, markup=False)
     console.print(f"report: {report.parent}")
+
+
+def _read_input(path: Path) -> list[str]:
+    """Lines of ``path`` (``-``: stdin); a UTF-8 byte-order mark is dropped."""
+    if str(path) == "-":
+        return sys.stdin.read().splitlines()
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err})") from None
 
 
 @user_errors
@@ -118,11 +130,16 @@ def predict(
         None, "--input", "-i", help="File with one text per line ('-': stdin)."
     ),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json or jsonl."),
-    top_k: int = typer.Option(1, "--top-k", "-k", help="Also show the k most likely labels."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Texts per model call."),
+    top_k: int = typer.Option(
+        1, "--top-k", "-k", min=1, help="Also show the k most likely labels."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Texts per model call."),
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Classify texts given as arguments, in a file, or on stdin (one per line)."""
+    """Classify texts given as arguments, in a file, or on stdin (one per line).
+
+    Every input line gets one result, in order; an empty line gets no label and a reason.
+    """
     from textdistill.predict import load
 
     setup_logging(verbose)
@@ -130,12 +147,11 @@ def predict(
         raise UserError(f"unknown --format {fmt!r}; valid: table, json, jsonl")
     items = list(texts or [])
     if input is not None:
-        stream = sys.stdin if str(input) == "-" else None
-        if stream is None and not input.is_file():
-            raise UserError(f"{input}: no such file")
-        raw = stream.read() if stream else input.read_text(encoding="utf-8")
-        items += raw.splitlines()
+        items += _read_input(input)
     elif not items:
+        if sys.stdin.isatty():
+            # Nothing piped in: waiting on the terminal would look like a hang.
+            raise UserError("no texts: give them as arguments, with --input FILE, or on stdin")
         items = sys.stdin.read().splitlines()
     if not items:
         raise UserError("no texts: give them as arguments, with --input FILE, or on stdin")
