@@ -10,6 +10,15 @@ The arrays are written as memory-mapped ``.npy`` files batch by batch, so a tran
 larger than RAM works, and read back memory-mapped. A reader compares the manifest it
 expects with the stored one: any difference means the cache is stale and is rebuilt, never
 silently used.
+
+Several processes (``accelerate launch``/``torchrun``) build one cache together: the
+transfer set is cut into length-sorted batches, each process runs the teacher on every
+N-th batch and streams its rows into its own memory-mapped part files in a temporary folder
+that the main process created; the main process then scatters the parts into the final
+arrays, writes the manifest and renames the folder into place. Each file has exactly one
+writer, which keeps this correct on a filesystem shared between machines, where two
+processes writing disjoint rows of one memory-mapped file could overwrite each other's
+pages. The batches are the same as in a single process, so the cache is too.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate, chain, pairwise
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from textdistill import distributed
 from textdistill.batching import length_sorted_batches
 from textdistill.errors import UserError
 from textdistill.folders import LoadedModel, load_model
@@ -36,6 +47,8 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 ENSEMBLE_MODES = ("logprob", "prob")
+_SCATTER_ROWS = 1 << 16
+"""Rows copied per step when assembling the parts: bounds the memory of the assembly."""
 
 
 @dataclass
@@ -121,10 +134,12 @@ def run_teacher(
     progress: bool = True,
     logits_out: np.ndarray | None = None,
     pooled_out: np.ndarray | None = None,
+    batches: Sequence[Sequence[int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Logits (N, C) and pooled vectors (N, H) of one model over encoded rows, in row order.
 
-    Rows are run in length-sorted batches (far less padding); results are scattered back
+    Rows are run in length-sorted batches (far less padding), or in the given ``batches``
+    of row indices (rows left out of them are not computed); results are scattered back
     to their original positions, directly into ``logits_out``/``pooled_out`` when given
     (e.g. memory-mapped arrays).
     """
@@ -134,7 +149,8 @@ def run_teacher(
     num_labels = len(teacher.label_names)
     logits = logits_out if logits_out is not None else np.zeros((n, num_labels), np.float32)
     pooled = pooled_out
-    batches = length_sorted_batches(enc.lengths, batch_size)
+    if batches is None:
+        batches = length_sorted_batches(enc.lengths, batch_size)
     bar = tqdm(batches, desc=f"teacher {teacher.path.name}", disable=not progress, unit="batch")
     for idx in bar:
         rows = np.asarray(idx)
@@ -210,10 +226,15 @@ def build_soft_targets(
 
     With several teachers the cached logits are the ensemble's (see
     :func:`combine_ensemble`) and the pooled vectors are the first teacher's that has them.
+
+    Under ``accelerate launch``/``torchrun`` this is collective: every process must call it
+    with the same arguments; the rows are shared out between the processes (each runs the
+    teachers on its own device), the main process writes the one cache, and every process
+    returns it. ``cache_dir`` must then be on a filesystem all the processes see.
     """
     if not teacher_paths:
         raise UserError("at least one teacher folder is needed")
-    teachers = [load_model(p) for p in teacher_paths]
+    teachers = [load_model(p, device=distributed.device()) for p in teacher_paths]
     names = teachers[0].label_names
     for t in teachers[1:]:
         if t.label_names != names:
@@ -227,48 +248,208 @@ def build_soft_targets(
         data_files=data_files,
     )
     root = Path(cache_dir) if cache_dir is not None else default_cache_root(teachers[0].path)
-    path = root / cache_key(expected)
-    if not rebuild and (hit := _load_existing(path, expected)) is not None:
-        log.info("using cached soft targets at %s", path)
+    path = _agreed_path(root, expected)
+    if not rebuild and (hit := _agreed_hit(path, expected)) is not None:
+        if distributed.is_main_process():
+            log.info("using cached soft targets at %s", path)
         return hit
-    with atomic_dir(path) as tmp:
-        members = []
-        pooled_mm: np.ndarray | None = None
-        single = len(teachers) == 1
-        for t in teachers:
-            enc = encode_cached(t.tokenizer, texts, t.max_len, cache_dir=encode_cache_dir)
-            logits_mm = (
-                np.lib.format.open_memmap(
-                    tmp / "logits.npy", "w+", np.float32, (len(texts), len(names))
-                )
-                if single
-                else None
-            )
-            hidden_size = getattr(t.model, "hidden_size", None)
-            want_pooled = with_pooled and pooled_mm is None and hidden_size is not None
-            if want_pooled:
-                pooled_mm = np.lib.format.open_memmap(
-                    tmp / "pooled.npy", "w+", np.float16, (len(texts), int(hidden_size or 0))
-                )
-            logits, _ = run_teacher(
-                t,
-                enc,
-                batch_size=batch_size,
-                with_pooled=want_pooled,
-                progress=progress,
-                logits_out=logits_mm,
-                pooled_out=pooled_mm if want_pooled else None,
-            )
-            members.append(logits)
-            if isinstance(pooled_mm, np.memmap):
-                pooled_mm.flush()
-        if len(teachers) > 1:
-            np.save(tmp / "logits.npy", combine_ensemble(members, weights, ensemble))
-        elif isinstance(members[0], np.memmap):
-            members[0].flush()
-        manifest = dict(expected, has_pooled=pooled_mm is not None)
-        write_json(tmp / "manifest.json", manifest)
+    job = _BuildJob(
+        teachers=teachers,
+        texts=texts,
+        num_labels=len(names),
+        pooled_owner=_pooled_owner(teachers, with_pooled),
+        batch_size=batch_size,
+        progress=progress,
+        encode_cache_dir=encode_cache_dir,
+    )
+    if distributed.is_main_process():
+        with atomic_dir(path) as tmp:
+            distributed.broadcast_object(str(tmp))
+            job.run_share(tmp)
+            distributed.wait_for_everyone()
+            has_pooled = job.assemble(tmp, weights, ensemble)
+            write_json(tmp / "manifest.json", dict(expected, has_pooled=has_pooled))
+    else:
+        tmp = Path(distributed.broadcast_object(None))
+        job.run_share(tmp)
+        distributed.wait_for_everyone()
+    distributed.wait_for_everyone()  # the main process has renamed the folder into place
     loaded = _load_existing(path, expected)
-    assert loaded is not None
-    log.info("cached soft targets for %d rows at %s", len(texts), path)
+    if loaded is None:
+        raise UserError(_unshared_message(path))
+    if distributed.is_main_process():
+        log.info("cached soft targets for %d rows at %s", len(texts), path)
     return loaded
+
+
+def _agreed_path(root: Path, expected: dict[str, Any]) -> Path:
+    """The cache folder: the main process's choice, after checking that the keys agree.
+
+    Differing keys mean the processes were given different texts or teachers (e.g.
+    randomness that is not seeded): sharing rows out between them would then mix data.
+    The root may differ (a teacher folder writable on one machine only); the main
+    process's is used.
+    """
+    key = cache_key(expected)
+    if not distributed.is_distributed():
+        return root / key
+    main_root, main_key = distributed.broadcast_object((str(root), key))
+    if main_key != key:
+        raise UserError(
+            f"process {distributed.process_index()} computed another soft-target cache key "
+            "than the main process: the processes do not see the same transfer texts or "
+            "teacher files; make the data preparation deterministic and the folders shared"
+        )
+    return Path(main_root) / key
+
+
+def _agreed_hit(path: Path, expected: dict[str, Any]) -> SoftTargets | None:
+    """The valid cache at ``path`` if the main process found one (every process agrees)."""
+    hit = _load_existing(path, expected)
+    if not distributed.broadcast_object(hit is not None):
+        return None
+    if hit is None:
+        raise UserError(_unshared_message(path))
+    return hit
+
+
+def _unshared_message(path: Path) -> str:
+    return (
+        f"process {distributed.process_index()} cannot read the soft-target cache {path} "
+        "that the main process wrote; with several machines, put the cache on a shared "
+        "filesystem (--cache-dir)"
+    )
+
+
+def _pooled_owner(teachers: Sequence[LoadedModel], with_pooled: bool) -> int | None:
+    """Index of the teacher whose pooled vectors are cached (the first that has them)."""
+    if not with_pooled:
+        return None
+    for i, t in enumerate(teachers):
+        if getattr(t.model, "hidden_size", None) is not None:
+            return i
+    return None
+
+
+@dataclass
+class _BuildJob:
+    """One cache build: each process's share of the inference, then the main's assembly.
+
+    Part files in the temporary folder, per teacher ``t`` and process ``r``:
+    ``part-<t>-<r>.rows.npy`` (the rows it ran, in its order), ``.logits.npy`` and, for the
+    pooled teacher, ``.pooled.npy`` (the values of those rows, in the same order).
+    """
+
+    teachers: Sequence[LoadedModel]
+    texts: Sequence[str]
+    num_labels: int
+    pooled_owner: int | None
+    batch_size: int
+    progress: bool
+    encode_cache_dir: Path | None
+
+    def run_share(self, tmp: Path) -> None:
+        """Run every teacher on this process's batches and write its part files."""
+        rank = distributed.process_index()
+        for t_idx, teacher in enumerate(self.teachers):
+            # The main process encodes and fills the encode cache; the others then read it.
+            with distributed.main_process_first():
+                enc = encode_cached(
+                    teacher.tokenizer, self.texts, teacher.max_len, cache_dir=self.encode_cache_dir
+                )
+            # The global batches, as a single process forms them, so results are identical.
+            batches = distributed.shard(length_sorted_batches(enc.lengths, self.batch_size))
+            self._write_part(tmp / f"part-{t_idx}-{rank}", teacher, enc, batches, t_idx)
+
+    def _write_part(
+        self,
+        prefix: Path,
+        teacher: LoadedModel,
+        enc: Encoded,
+        batches: Sequence[Sequence[int]],
+        t_idx: int,
+    ) -> None:
+        rows = np.fromiter(chain.from_iterable(batches), dtype=np.int64, count=-1)
+        np.save(_part_file(prefix, "rows"), rows)
+        # The share's rows, contiguous in run order: batch k is a slice of ``local``.
+        local = enc.take(rows)
+        bounds = [0, *accumulate(len(b) for b in batches)]
+        local_batches = [range(a, b) for a, b in pairwise(bounds)]
+        logits = _new_array(_part_file(prefix, "logits"), (len(rows), self.num_labels), np.float32)
+        pooled = None
+        if t_idx == self.pooled_owner:
+            width = int(getattr(teacher.model, "hidden_size"))  # noqa: B009 - the owner has one
+            pooled = _new_array(_part_file(prefix, "pooled"), (len(rows), width), np.float16)
+        if len(rows):
+            run_teacher(
+                teacher,
+                local,
+                batch_size=self.batch_size,
+                with_pooled=pooled is not None,
+                progress=self.progress and distributed.is_main_process(),
+                logits_out=logits,
+                pooled_out=pooled,
+                batches=local_batches,
+            )
+        for arr in (logits, pooled):
+            if isinstance(arr, np.memmap):
+                arr.flush()
+
+    def assemble(self, tmp: Path, weights: Sequence[float] | None, ensemble: str) -> bool:
+        """Main process: scatter every part into ``logits.npy``/``pooled.npy``, in row order.
+
+        Returns whether pooled vectors were written. The part files are removed.
+        """
+        n = len(self.texts)
+        single = len(self.teachers) == 1
+        members: list[np.ndarray] = []
+        for t_idx in range(len(self.teachers)):
+            # One teacher streams straight into the cache file; ensemble members are combined
+            # in memory (N x C floats each) once all are there.
+            out = (
+                _new_array(tmp / "logits.npy", (n, self.num_labels), np.float32)
+                if single
+                else np.zeros((n, self.num_labels), np.float32)
+            )
+            self._scatter(tmp, t_idx, "logits", out)
+            members.append(out)
+            if t_idx == self.pooled_owner:
+                width = int(getattr(self.teachers[t_idx].model, "hidden_size"))  # noqa: B009
+                pooled = _new_array(tmp / "pooled.npy", (n, width), np.float16)
+                self._scatter(tmp, t_idx, "pooled", pooled)
+        if not single:
+            np.save(tmp / "logits.npy", combine_ensemble(members, weights, ensemble))
+        for part in tmp.glob("part-*.npy"):
+            part.unlink()
+        return self.pooled_owner is not None
+
+    def _scatter(self, tmp: Path, t_idx: int, kind: str, out: np.ndarray) -> None:
+        covered = 0
+        for rank in range(distributed.num_processes()):
+            prefix = tmp / f"part-{t_idx}-{rank}"
+            rows = np.load(_part_file(prefix, "rows"), allow_pickle=False)
+            values = np.load(_part_file(prefix, kind), mmap_mode="r", allow_pickle=False)
+            for start in range(0, len(rows), _SCATTER_ROWS):
+                stop = start + _SCATTER_ROWS
+                out[rows[start:stop]] = values[start:stop]
+            covered += len(rows)
+        if covered != len(out):
+            raise RuntimeError(f"the processes computed {covered} of {len(out)} rows ({kind})")
+        if isinstance(out, np.memmap):
+            out.flush()
+
+
+def _part_file(prefix: Path, kind: str) -> Path:
+    return prefix.with_name(f"{prefix.name}.{kind}.npy")
+
+
+def _new_array(path: Path, shape: tuple[int, int], dtype: type[np.generic]) -> np.ndarray:
+    """A zero-filled ``.npy`` file of ``shape``, opened memory-mapped for writing.
+
+    A file without rows is written directly: there is nothing to map.
+    """
+    if shape[0] == 0:
+        empty = np.zeros(shape, dtype)
+        np.save(path, empty)
+        return empty
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)

@@ -33,6 +33,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from textdistill import checkpoint as ckpt
 from textdistill import distributed
 from textdistill.batching import TextDataset, collate, make_collate
 from textdistill.config import Config
@@ -270,6 +271,8 @@ def mlm_pretrain(
         with atomic_dir(out) as tmp, quiet_transformers():
             trained.cpu().save_pretrained(tmp)
             write_json(tmp / MLM_STAMP, stamp)
+        # The stamped MLM model now stands for the stage; its checkpoint is done with.
+        ckpt.remove_checkpoints(work / "mlm")
 
     distributed.on_main(save)  # one writer; the other processes wait for the folder
     return out
