@@ -315,3 +315,15 @@ def builtin_sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv(sample.ENV_SAMPLE_SDIST, str(sdist))
         mp.setenv(sample.ENV_SAMPLE_DIR, str(root / "sample"))
         yield root / "sample"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """Tests use tiny tensors: a thread pool only adds synchronisation cost, ten times over
+    on a busy 2-core machine. Tests that measure threads set their own and restore it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

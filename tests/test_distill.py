@@ -9,7 +9,7 @@ are 16 wide, so a distillation run takes well under a second.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +42,6 @@ from textdistill.workspace import prepare_training_data, work_dir_for
 TRAIN_ROWS = 30  # tiny_corpus: 3 classes x 10 rows
 BATCH = 8
 STEPS_PER_EPOCH = 4  # ceil(30 / 8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_args(arch: str = "bilstm") -> list[str]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner, Result
 
@@ -37,14 +36,6 @@ from textdistill.workspace import open_corpus, prepare_training_data, work_dir_f
 
 STUDENTS = ["bilstm-none", "bilstm-hard", "bilstm-soft", "bilstm-hidden"]
 ALL_STAGES = ["teacher", *STUDENTS, "report-test"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @dataclass

@@ -10,7 +10,7 @@ import copy
 import json
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +48,6 @@ from textdistill.teacher_train import IGNORE_INDEX, MlmCollate
 from textdistill.tokenization import build_tokenizer
 
 CLASSES = ["sports", "finance", "game"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # Tiny tensors: a thread pool only adds synchronisation cost on a busy CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_tokenizer(texts: list[str] | None = None) -> PreTrainedTokenizerFast:

@@ -45,15 +45,6 @@ HIDDEN = 16
 # ------------------------------------------------------------------------ toy problem
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Any:
-    # Tiny tensors: a thread pool only adds synchronisation cost (10x on a busy 2-core box).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ToyDataset(Dataset[dict[str, Any]]):
     def __init__(self, n: int, seed: int, random_labels: bool = False) -> None:
         g = torch.Generator().manual_seed(seed)

@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,32 @@ def _building(out: str | Path, kind: str) -> Iterator[Path]:
         raise UserError(f"could not save the {kind} folder {out}: {err} ({kept})") from err
 
 
+def _save(
+    out: str | Path,
+    kind: str,
+    model: nn.Module,
+    write_weights: Callable[[Path], dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    label_names: list[str],
+    **info: Any,
+) -> dict[str, Any]:
+    """Build a folder: ``write_weights(tmp)`` writes the weights and returns the
+    architecture; everything else is common to teachers and students."""
+    with _building(out, kind) as tmp:
+        arch = write_weights(tmp)
+        meta = _finish_folder(
+            tmp,
+            kind=kind,
+            architecture=arch,
+            model=model,
+            tokenizer=tokenizer,
+            label_names=label_names,
+            **info,
+        )
+    log.info("saved %s to %s", kind, out)
+    return meta
+
+
 def save_teacher(
     out: str | Path,
     teacher: TeacherModel,
@@ -161,31 +187,31 @@ def save_teacher(
     Raises:
         UserError: the folder could not be written (``out`` is then as it was before).
     """
-    with _building(out, "teacher") as tmp:
+
+    def weights(tmp: Path) -> dict[str, Any]:
         with quiet_transformers():  # no shard-writing progress bar
             teacher.hf.save_pretrained(tmp)
-        arch = {
+        return {
             "type": "hf",
             "model_type": teacher.hf.config.model_type,
             "hidden_size": teacher.hidden_size,
             "layers": getattr(teacher.hf.config, "num_hidden_layers", None),
             "vocab_size": getattr(teacher.hf.config, "vocab_size", None),
         }
-        meta = _finish_folder(
-            tmp,
-            kind="teacher",
-            architecture=arch,
-            model=teacher,
-            tokenizer=tokenizer,
-            label_names=label_names,
-            cfg=cfg,
-            max_len=max_len,
-            metrics=metrics,
-            history=history,
-            extra=extra,
-        )
-    log.info("saved teacher to %s", out)
-    return meta
+
+    return _save(
+        out,
+        "teacher",
+        teacher,
+        weights,
+        tokenizer,
+        label_names,
+        cfg=cfg,
+        max_len=max_len,
+        metrics=metrics,
+        history=history,
+        extra=extra,
+    )
 
 
 def save_student(
@@ -205,24 +231,24 @@ def save_student(
     Raises:
         UserError: the folder could not be written (``out`` is then as it was before).
     """
-    with _building(out, "student") as tmp:
+
+    def weights(tmp: Path) -> dict[str, Any]:
         st_save_model(student, str(tmp / WEIGHTS_FILE))
-        arch = dict(getattr(student, "config"))  # noqa: B009 - set by every student class
-        meta = _finish_folder(
-            tmp,
-            kind="student",
-            architecture=arch,
-            model=student,
-            tokenizer=tokenizer,
-            label_names=label_names,
-            cfg=cfg,
-            max_len=max_len,
-            metrics=metrics,
-            history=history,
-            extra=extra,
-        )
-    log.info("saved student to %s", out)
-    return meta
+        return dict(getattr(student, "config"))  # noqa: B009 - set by every student class
+
+    return _save(
+        out,
+        "student",
+        student,
+        weights,
+        tokenizer,
+        label_names,
+        cfg=cfg,
+        max_len=max_len,
+        metrics=metrics,
+        history=history,
+        extra=extra,
+    )
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
