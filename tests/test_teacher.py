@@ -352,7 +352,7 @@ def test_fine_tune_a_checkpoint(tmp_path: Path, corpus: Path, pretrained: Path) 
     assert hf.config.max_position_embeddings == 64
 
     meta = loaded.meta
-    assert meta["kind"] == "teacher" and meta["source"] == str(pretrained)
+    assert meta["kind"] == "teacher" and meta["initialized_from"] == str(pretrained)
     assert meta["num_parameters"] == count_parameters(loaded.model)
     assert meta["size_mb"] == pytest.approx(dir_size_bytes(out) / 1e6, rel=0.05)
     assert meta["fingerprint"] == folder_fingerprint(out)
@@ -392,11 +392,21 @@ def test_train_from_scratch_end_to_end(tmp_path: Path, corpus: Path) -> None:
     loaded = load_model(out)
     assert config["vocab_size"] == len(loaded.tokenizer)
     meta = loaded.meta
-    assert meta["source"] == "scratch:tiny" and meta["mlm_epochs"] == 0
+    assert meta["initialized_from"] == "scratch:tiny" and meta["mlm_epochs"] == 0
     # It learned the keyword classes (chance is 1/3 and ln 3 = 1.0986).
     assert meta["dev_metrics"]["accuracy"] > 0.6
     assert meta["dev_metrics"]["loss"] < math.log(3)
     assert load_config(out / "config.yaml").teacher.train.seed == 1
+    # A trained teacher folder is servable and exportable as it is (its metadata must not
+    # look like an export's).
+    from fastapi.testclient import TestClient
+
+    from textdistill.export import export_model
+    from textdistill.serve import create_app
+
+    with TestClient(create_app(out)) as client:
+        assert client.get("/v1/model").json()["kind"] == "teacher"
+    assert export_model(out, tmp_path / "teacher-onnx").format == "onnx"
 
 
 def test_mlm_pretraining_changes_the_encoder(tmp_path: Path, corpus: Path) -> None:

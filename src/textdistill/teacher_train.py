@@ -378,7 +378,7 @@ def train_teacher(
             metrics=result.best_metrics,
             history=_merge_history(work),
             extra={
-                "source": cfg.teacher.model or f"scratch:{cfg.teacher.scratch}",
+                "initialized_from": cfg.teacher.model or f"scratch:{cfg.teacher.scratch}",
                 "mlm_epochs": cfg.teacher.mlm.epochs,
                 "train_rows": len(data.train),
                 "best_step": result.best_step,
