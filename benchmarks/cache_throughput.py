@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -90,12 +89,6 @@ def _worker(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------- driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _launch(args: argparse.Namespace, processes: int, scratch: Path) -> dict[str, Any]:
     result = scratch / f"result-{processes}.json"
     worker = [
@@ -114,26 +107,9 @@ def _launch(args: argparse.Namespace, processes: int, scratch: Path) -> dict[str
         *(["--limit", str(args.limit)] if args.limit is not None else []),
         *(["--no-pooled"] if args.no_pooled else []),
     ]
-    if processes == 1:
-        cmd = [sys.executable, *worker]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(_free_port()),
-            *worker,
-        ]
+    from textdistill.distributed import launch_command
+
+    cmd = launch_command(processes, worker)
     env = dict(os.environ)
     if args.cpu:
         env["CUDA_VISIBLE_DEVICES"] = ""

@@ -25,9 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ import yaml
 from safetensors.torch import load_file
 
 from textdistill import distributed
+from textdistill.distributed import launch_command
 
 TRAIN_ATOL = 1e-3
 """Weights of a 2-process and a 1-process training run (see the module docstring)."""
@@ -166,27 +165,7 @@ class Workspace:
     ) -> subprocess.CompletedProcess[str]:
         """Run ``textdistill ARGS`` (or ``script ARGS``) in ``processes`` new processes."""
         target = [str(script)] if script is not None else ["-m", "textdistill"]
-        if processes == 1:
-            cmd = [sys.executable, *target, *args]
-        else:
-            cmd = [
-                sys.executable,
-                "-m",
-                "accelerate.commands.launch",
-                "--multi_gpu",
-                "--num_processes",
-                str(processes),
-                "--num_machines",
-                "1",
-                "--mixed_precision",
-                "no",
-                "--dynamo_backend",
-                "no",
-                "--main_process_port",
-                str(_free_port()),
-                *target,
-                *args,
-            ]
+        cmd = launch_command(processes, [*target, *args])
         done = subprocess.run(
             cmd,
             env={**self.env, **(extra_env or {})},
@@ -208,12 +187,6 @@ class Workspace:
         out = self.root / name
         shutil.copytree(teacher, out, ignore=shutil.ignore_patterns("soft_targets"))
         return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _clean_env(root: Path) -> dict[str, str]:

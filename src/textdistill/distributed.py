@@ -169,3 +169,42 @@ def shard(items: Sequence[T]) -> list[T]:
     expensive ones evenly; a process may get none when there are fewer items than processes.
     """
     return list(items[process_index() :: num_processes()])
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for the launcher's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_command(processes: int, target: Sequence[str]) -> list[str]:
+    """The command that runs ``python TARGET...`` on ``processes`` local processes.
+
+    One process is a plain interpreter. More use ``accelerate launch --multi_gpu``, which
+    on a machine without CUDA starts gloo CPU processes through torchrun (``--cpu`` with
+    ``--num_processes`` starts only one process in accelerate 1.x).
+    """
+    import sys
+
+    if processes == 1:
+        return [sys.executable, *target]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        *target,
+    ]
