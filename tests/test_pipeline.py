@@ -21,7 +21,7 @@ from typer.testing import CliRunner, Result
 
 import textdistill.distill as distill_mod
 from textdistill.cli import app
-from textdistill.config import ConfigError, PipelineStudent, apply_overrides
+from textdistill.config import ConfigError, PipelineEnsemble, PipelineStudent, apply_overrides
 from textdistill.errors import UserError
 from textdistill.folders import read_meta
 from textdistill.losses import distillation_loss
@@ -156,10 +156,11 @@ def test_run_custom_config_with_an_ensemble_teacher(demo: Demo, tmp_path: Path) 
                 "name": "ens",
                 "arch": "textcnn",  # no preset: textcnn's default, not bilstm's "small"
                 "mode": "soft",
-                "teachers": ["teacher", "bilstm-none"],
+                "teachers": ["pair"],
                 "overrides": {"student.num_filters": 16, "student.embed_dim": 16},
             },
         ],
+        "ensembles": [{"name": "pair", "members": ["teacher", "bilstm-none"]}],
         "report_splits": ["test", "dev"],
     }
     config = tmp_path / "pipeline.yaml"
@@ -180,7 +181,17 @@ def test_run_custom_config_with_an_ensemble_teacher(demo: Demo, tmp_path: Path) 
         read_meta(out / p)["fingerprint"] for p in ("teacher", "students/bilstm-none")
     )
     test_rows = table_rows(out / "report-test" / "compare.md")
-    assert [r.split("|")[1].strip() for r in test_rows] == ["teacher (ref)", "bilstm-none", "ens"]
+    names = [r.split("|")[1].strip() for r in test_rows]
+    assert names == ["teacher (ref)", "pair", "bilstm-none", "ens"]
+    pair = read_meta(out / "ensembles" / "pair")
+    assert pair["kind"] == "ensemble" and pair["members"] == [
+        "../../teacher",
+        "../../students/bilstm-none",
+    ]
+    # The ensemble is an input of its student by its members' fingerprints: a second run
+    # skips both.
+    again = ok(invoke("run", config, "--data", demo.sample, "--out", out))
+    assert "up to date, skipped: teacher, bilstm-none, pair, ens" in " ".join(again.stdout.split())
     assert (out / "report-dev" / "compare.md").is_file()
 
 
@@ -254,21 +265,41 @@ def test_leftovers_of_another_config_are_not_resumed(
 # --------------------------------------------------------------------- validation
 
 
+PAIR = {"name": "pair", "members": ["teacher", "a"]}
+
+
 @pytest.mark.parametrize(
-    ("students", "message"),
+    ("students", "message", "ensembles"),
     [
-        ([{"name": "teacher"}], "'teacher' is used twice"),
-        ([{"name": "a"}, {"name": "a"}], "'a' is used twice"),
-        ([{"name": "a", "teachers": ["b"]}, {"name": "b"}], "unknown teacher stage(s) ['b']"),
-        ([{"name": "a/b"}], "not a usable folder name"),
-        ([{"name": "a", "teachers": []}], "at least one teacher stage"),
+        ([{"name": "a"}, {"name": "b", "teachers": ["pair"]}], None, [PAIR]),
+        ([{"name": "b", "teachers": ["pair"]}, {"name": "a"}], "needs ['a'] trained first", [PAIR]),
+        (
+            [{"name": "a"}, {"name": "b", "teachers": ["pair", "a"]}],
+            "'pair' must be its only teacher",
+            [PAIR],
+        ),
+        ([{"name": "a"}], "unknown member(s) ['c']", [{"name": "p", "members": ["a", "c"]}]),
+        ([{"name": "a"}], "'a' is used twice", [{"name": "a", "members": ["teacher", "a"]}]),
+        ([{"name": "a"}], "1 weight(s) for 2 members", [{**PAIR, "weights": [1.0]}]),
+        ([{"name": "teacher"}], "'teacher' is used twice", []),
+        ([{"name": "a"}, {"name": "a"}], "'a' is used twice", []),
+        ([{"name": "a", "teachers": ["b"]}, {"name": "b"}], "unknown teacher stage 'b'", []),
+        ([{"name": "a/b"}], "not a usable folder name", []),
+        ([{"name": "a", "teachers": []}], "at least one teacher stage", []),
     ],
 )
 def test_invalid_pipeline_is_refused_before_any_work(
-    tmp_path: Path, students: list[dict[str, Any]], message: str
+    tmp_path: Path,
+    students: list[dict[str, Any]],
+    message: str | None,
+    ensembles: list[dict[str, Any]],
 ) -> None:
     cfg = demo_config(quick=True)
     cfg.pipeline.students = [PipelineStudent(**s) for s in students]
+    cfg.pipeline.ensembles = [PipelineEnsemble(**e) for e in ensembles]
+    if message is None:
+        check_pipeline(cfg)  # the valid order: members first, then their ensemble's student
+        return
     with pytest.raises(UserError) as err:
         check_pipeline(cfg)
     assert message in str(err.value)

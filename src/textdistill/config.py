@@ -170,9 +170,20 @@ class PipelineStudent(_Section):
     preset: str | None = None
     mode: Literal["none", "hard", "soft", "hidden"] | None = None
     teachers: list[str] = Field(default_factory=lambda: ["teacher"])
-    """Stage names: ``teacher`` or students trained earlier in the same run (ensembles)."""
+    """Stage names: ``teacher``, students trained earlier in the same run (their logits are
+    combined by ``distill.ensemble``), or one of ``pipeline.ensembles`` alone."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Dotted config keys for this student only, e.g. ``distill.temperature: 4``."""
+
+
+class PipelineEnsemble(_Section):
+    """An ensemble of earlier stages: reported like a model, usable as a student's teacher."""
+
+    name: str
+    members: list[str] = Field(min_length=2)
+    """Stage names: ``teacher`` and/or pipeline students."""
+    weights: list[float] | None = None
+    combine: Literal["logprob", "prob"] = "logprob"
 
 
 def _default_students() -> list[PipelineStudent]:
@@ -186,6 +197,8 @@ class PipelineConfig(_Section):
     """What ``textdistill run`` / ``demo`` trains and reports on."""
 
     students: list[PipelineStudent] = Field(default_factory=_default_students)
+    ensembles: list[PipelineEnsemble] = Field(default_factory=list)
+    """Built once their members are trained; a student names one alone in ``teachers``."""
     report_splits: list[str] = Field(default_factory=lambda: ["test"])
     """Splits evaluated in the final report (those present in the data)."""
 

@@ -27,6 +27,7 @@ from textdistill.batching import TextDataset, make_collate
 from textdistill.cache import SoftTargets, build_soft_targets
 from textdistill.config import Config
 from textdistill.data import Corpus, read_texts
+from textdistill.ensemble import expand_teachers
 from textdistill.errors import UserError
 from textdistill.folders import load_model, read_meta, save_student
 from textdistill.io import read_json
@@ -227,6 +228,7 @@ def distill(
     """
     out = Path(out)
     work = work_dir_for(out)
+    cfg = expand_teachers(cfg)
     d, s = cfg.distill, cfg.student
     teachers = list(d.teachers)
     _check_teachers(cfg, teachers, corpus.label_names)

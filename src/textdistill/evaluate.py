@@ -12,7 +12,7 @@ import numpy as np
 
 from textdistill.config import EvalConfig
 from textdistill.data import Split
-from textdistill.efficiency import EfficiencyResult, measure_efficiency, size_on_disk_mb
+from textdistill.efficiency import EfficiencyResult, measure_efficiency
 from textdistill.errors import UserError
 from textdistill.io import write_json
 from textdistill.metrics import agreement, classification_metrics
@@ -147,7 +147,7 @@ def summarize(clf: Classifier, ev: Evaluation, name: str | None = None) -> Model
         metrics=ev.metrics,
         efficiency=ev.efficiency,
         params=int(params) if params is not None else None,
-        size_mb=size_on_disk_mb(clf.path),
+        size_mb=clf.size_mb(),
         history=load_history(clf.path / "metrics.jsonl"),
         agreement=ev.agreement,
         extras={"mode": clf.meta.get("mode"), "architecture": clf.meta.get("architecture")},

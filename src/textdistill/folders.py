@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 META_FILE = "textdistill.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
+MODEL_KINDS = ("teacher", "student", "ensemble")
+"""What ``textdistill.json`` may say a folder is (an ensemble holds no weights of its own)."""
 
 
 @dataclass
@@ -271,8 +273,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         meta = read_json(meta_file)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{meta_file}: unreadable ({err}); save the model again") from None
-    if not isinstance(meta, dict) or meta.get("kind") not in ("teacher", "student"):
-        raise UserError(f"{meta_file}: not textdistill model metadata (no teacher/student kind)")
+    if not isinstance(meta, dict) or meta.get("kind") not in MODEL_KINDS:
+        kinds = ", ".join(MODEL_KINDS)
+        raise UserError(f"{meta_file}: not textdistill model metadata (kind is none of {kinds})")
     version = meta.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(
@@ -293,6 +296,11 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Loade
     """
     path = Path(path)
     meta = read_meta(path)
+    if meta["kind"] == "ensemble":
+        raise UserError(
+            f"{path} is an ensemble (no weights of its own): load it with "
+            "textdistill.load, or use its members"
+        )
     try:
         model, label_names, tokenizer = _load_parts(path, meta)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as err:

@@ -21,9 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from textdistill import distributed
-from textdistill.config import Config, PipelineStudent, apply_overrides, load_config
+from textdistill.config import (
+    Config,
+    PipelineEnsemble,
+    PipelineStudent,
+    apply_overrides,
+    load_config,
+)
 from textdistill.data import Corpus, Split
 from textdistill.distill import distill, preset_for
+from textdistill.ensemble import ensemble_fingerprint, is_ensemble, make_ensemble
 from textdistill.errors import UserError
 from textdistill.evaluate import compare_models
 from textdistill.folders import META_FILE, read_meta
@@ -43,6 +50,7 @@ class PipelineResult:
     teacher: Path
     students: dict[str, Path]
     reports: dict[str, Path]
+    ensembles: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
 
@@ -147,31 +155,85 @@ def _usable_folder_name(name: str) -> bool:
 
 
 def check_pipeline(cfg: Config) -> None:
-    """Student names must be unique folder names, other than the teacher's, and every
-    student's teachers must be stages that come before it.
+    """Stage names (students and ensembles) must be unique folder names, other than the
+    teacher's; every student's teachers must be stages that come before it, and an
+    ensemble, which must be a student's only teacher, must have all its members trained
+    before that student; ensemble members must be the teacher or students.
 
     Raises:
-        UserError: naming the offending student.
+        UserError: naming the offending student or ensemble.
     """
+    ensembles = {e.name: e for e in cfg.pipeline.ensembles}
+    students = [e.name for e in cfg.pipeline.students]
+    seen = {TEACHER_STAGE}
+    for name in [*students, *ensembles]:
+        if not _usable_folder_name(name):
+            raise UserError(f"pipeline stage name {name!r} is not a usable folder name")
+        if name in seen:
+            raise UserError(
+                f"pipeline stage name {name!r} is used twice (or is the teacher's); "
+                "give every student and ensemble its own name"
+            )
+        seen.add(name)
+    if len(ensembles) != len(cfg.pipeline.ensembles):
+        raise UserError("pipeline ensemble names must be unique")
+    for ens in ensembles.values():
+        unknown = [m for m in ens.members if m != TEACHER_STAGE and m not in students]
+        if unknown:
+            raise UserError(
+                f"pipeline ensemble {ens.name!r}: unknown member(s) {unknown}; members are "
+                f"the teacher or students: {[TEACHER_STAGE, *students]}"
+            )
+        if ens.weights is not None and len(ens.weights) != len(ens.members):
+            raise UserError(
+                f"pipeline ensemble {ens.name!r}: {len(ens.weights)} weight(s) for "
+                f"{len(ens.members)} members"
+            )
     known = {TEACHER_STAGE}
     for entry in cfg.pipeline.students:
         name = entry.name
-        if not _usable_folder_name(name):
-            raise UserError(f"pipeline student name {name!r} is not a usable folder name")
-        if name in known:
-            raise UserError(
-                f"pipeline student name {name!r} is used twice (or is the teacher's); "
-                "give every student its own name"
-            )
-        missing = [t for t in entry.teachers if t not in known]
-        if missing:
-            raise UserError(
-                f"pipeline student {name!r}: unknown teacher stage(s) {missing}; "
-                f"a student may learn from {sorted(known)} (stages listed before it)"
-            )
         if not entry.teachers:
             raise UserError(f"pipeline student {name!r}: give at least one teacher stage")
+        for t in entry.teachers:
+            if t in ensembles:
+                if len(entry.teachers) > 1:
+                    raise UserError(
+                        f"pipeline student {name!r}: ensemble {t!r} must be its only teacher"
+                    )
+                late = [m for m in ensembles[t].members if m not in known]
+                if late:
+                    raise UserError(
+                        f"pipeline student {name!r}: ensemble {t!r} needs {late} trained "
+                        "first; list the student after them"
+                    )
+            elif t not in known:
+                raise UserError(
+                    f"pipeline student {name!r}: unknown teacher stage {t!r}; a student may "
+                    f"learn from {sorted(known)} (stages listed before it) or an ensemble "
+                    f"of them ({sorted(ensembles)})"
+                )
         known.add(name)
+
+
+def _build_ensemble(
+    ens: PipelineEnsemble, out: Path, stages: dict[str, Path], result: PipelineResult
+) -> Path:
+    """The ensemble's folder, made (in no time: it holds no weights) unless up to date."""
+    folder = out / "ensembles" / ens.name
+    if ens.name in result.ensembles:
+        return folder
+    members = [stages[m] for m in ens.members]
+    fingerprints = [str(read_meta(m).get("fingerprint", "")) for m in members]
+    expected = ensemble_fingerprint(fingerprints, ens.weights, ens.combine)
+    if is_ensemble(folder) and read_meta(folder).get("fingerprint") == expected:
+        result.skipped.append(ens.name)
+    else:
+        log.info("stage: ensemble %s of %s", ens.name, ", ".join(ens.members))
+        distributed.on_main(
+            lambda: make_ensemble(members, folder, weights=ens.weights, combine=ens.combine)
+        )
+    result.ensembles[ens.name] = folder
+    return folder
 
 
 def _train_students(
@@ -182,9 +244,13 @@ def _train_students(
     data_hash: str,
     result: PipelineResult,
 ) -> None:
+    ensembles = {e.name: e for e in cfg.pipeline.ensembles}
     for entry in cfg.pipeline.students:
         names = list(entry.teachers)
-        teachers = [stages[t] for t in names]
+        teachers = [
+            _build_ensemble(ensembles[t], out, stages, result) if t in ensembles else stages[t]
+            for t in names
+        ]
         scfg = student_config(cfg, entry, teachers)
         if scfg.distill.mode == "none":
             # The baseline twin learns from gold labels only but shares the first
@@ -267,7 +333,8 @@ def _train_teacher_stage(
 def run_pipeline(cfg: Config, out: str | Path) -> PipelineResult:
     """Run every stage of ``cfg`` into ``out``, skipping those already done.
 
-    Layout of ``out``: ``teacher/``, ``students/<name>/``, ``report-<split>/`` and
+    Layout of ``out``: ``teacher/``, ``students/<name>/``, ``ensembles/<name>/``,
+    ``report-<split>/`` and
     ``pipeline.json`` (stage times and the stages skipped by this run).
 
     Raises:
@@ -284,8 +351,12 @@ def run_pipeline(cfg: Config, out: str | Path) -> PipelineResult:
     _train_teacher_stage(cfg, corpus, teacher_dir, data_hash, result)
     stages: dict[str, Path] = {TEACHER_STAGE: teacher_dir}
     _train_students(cfg, corpus, out, stages, data_hash, result)
-    names = [TEACHER_STAGE, *result.students]
-    models = [teacher_dir, *result.students.values()]
+    for ens in cfg.pipeline.ensembles:
+        _build_ensemble(ens, out, stages, result)
+    # Ensembles in config order, whenever each was built.
+    shown = {e.name: result.ensembles[e.name] for e in cfg.pipeline.ensembles}
+    names = [TEACHER_STAGE, *shown, *result.students]
+    models = [teacher_dir, *shown.values(), *result.students.values()]
     _report(cfg, corpus, out, models, names, data_hash, result)
     summary = {"timings_s": result.timings, "skipped": result.skipped}
     distributed.on_main(lambda: write_json(out / "pipeline.json", summary))

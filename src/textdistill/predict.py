@@ -56,6 +56,12 @@ class Classifier:
     def meta(self) -> dict[str, Any]:
         return self.loaded.meta
 
+    def size_mb(self) -> float:
+        """The model's size on disk in MB (its weight files)."""
+        from textdistill.efficiency import size_on_disk_mb
+
+        return size_on_disk_mb(self.path)
+
     def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenize to ``input_ids``/``attention_mask`` (B, T), padded to the longest row."""
         enc = self.tokenizer(
@@ -134,7 +140,7 @@ def _as_texts(texts: str | Sequence[str]) -> Sequence[str]:
 
 
 def load(path: str | Path, *, backend: str | None = None) -> Classifier:
-    """Load a model folder (teacher, student or ONNX export) for prediction.
+    """Load a model folder (teacher, student, ensemble or ONNX export) for prediction.
 
     ``backend``: ``None`` runs the folder as what it is (an ONNX export on ONNX Runtime,
     anything else on PyTorch); ``"torch"`` or ``"onnx"`` insist on one and raise a
@@ -145,6 +151,11 @@ def load(path: str | Path, *, backend: str | None = None) -> Classifier:
     from textdistill.onnx_backend import OnnxClassifier, check_backend, folder_format
 
     meta = read_meta(path)
+    if meta.get("kind") == "ensemble":
+        from textdistill.ensemble import EnsembleClassifier
+
+        # Each member runs on the backend its own folder says.
+        return EnsembleClassifier.from_folder(path)
     fmt = folder_format(meta)
     check_backend(path, fmt, backend)
     if fmt == "onnx":

@@ -551,9 +551,10 @@ def create_app(
         max_wait_ms=settings.max_wait_ms,
         max_queue_texts=settings.max_queue_texts,
     )
-    if isinstance(clf.model, OnnxModule):
+    onnx_model = getattr(clf, "model", None)  # an ensemble has no single model
+    if isinstance(onnx_model, OnnxModule):
         # Spinning intra-op threads would take the CPU from the event loop under load.
-        clf.model.spinning = False
+        onnx_model.spinning = False
     info = _model_info(clf, settings)
 
     @asynccontextmanager

@@ -12,6 +12,7 @@ from textdistill.cli import (
     data_cmd,
     deploy_cmd,
     distill_cmd,
+    ensemble_cmd,
     pipeline_cmd,
     teacher_cmd,
     use_cmd,
@@ -28,6 +29,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(teacher_cmd.app, name="teacher")
 app.command("distill")(distill_cmd.distill)
+app.command("ensemble")(ensemble_cmd.ensemble)
 app.command("evaluate")(use_cmd.evaluate)
 app.command("compare")(use_cmd.compare)
 app.command("predict")(use_cmd.predict)

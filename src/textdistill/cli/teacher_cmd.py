@@ -101,7 +101,10 @@ def train(
 @user_errors
 def cache(
     teacher: list[Path] = typer.Option(
-        ..., "--teacher", "-t", help="Teacher folder (repeat for an ensemble)."
+        ...,
+        "--teacher",
+        "-t",
+        help="Teacher folder (repeat for an ensemble, or give an ensemble folder).",
     ),
     data: Path | None = DataOpt,
     split: str = typer.Option("train", "--split", help="Split whose texts form the transfer set."),
@@ -119,16 +122,21 @@ def cache(
     """Run the teacher(s) once over the transfer set and cache logits and pooled vectors."""
     from textdistill.cache import build_soft_targets
     from textdistill.data import read_texts
+    from textdistill.ensemble import expand_teachers
     from textdistill.workspace import open_corpus
 
     setup_logging(verbose)
-    cfg = resolve_config(config, {"data.dir": str(data) if data else None})
+    cfg = resolve_config(
+        config,
+        {"data.dir": str(data) if data else None, "distill.teachers": [str(t) for t in teacher]},
+    )
+    cfg = expand_teachers(cfg)
     corpus = open_corpus(cfg)
     texts = list(corpus.split(split).texts)
     for f in extra or []:
         texts += read_texts(f)
     targets = build_soft_targets(
-        [str(t) for t in teacher],
+        cfg.distill.teachers,
         texts,
         cache_dir=cache_dir,
         weights=cfg.distill.teacher_weights,
