@@ -381,6 +381,7 @@ def train_teacher(
                 "initialized_from": cfg.teacher.model or f"scratch:{cfg.teacher.scratch}",
                 "mlm_epochs": cfg.teacher.mlm.epochs,
                 "train_rows": len(data.train),
+                "mlm_rows": len(mlm_texts) if cfg.teacher.mlm.epochs > 0 else 0,
                 "best_step": result.best_step,
                 "stage_key": stage_key,
             },
