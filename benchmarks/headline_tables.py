@@ -84,8 +84,10 @@ def scenario_a(run: Path) -> list[str]:
         for name, row in rows.items():
             arch = name.split("-")[0]
             twin = rows.get(f"{arch}-none")
-            vs = "-" if twin is None or name == f"{arch}-none" else _delta(
-                row["accuracy"], twin["accuracy"]
+            vs = (
+                "-"
+                if twin is None or name == f"{arch}-none"
+                else _delta(row["accuracy"], twin["accuracy"])
             )
             params = f"{row['params'] / 1e6:.2f}M" if row.get("params") else "-"
             lines.append(
