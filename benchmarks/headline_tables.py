@@ -134,8 +134,11 @@ def efficiency(root: Path) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        # ONNX Runtime does not count parameters: an export's row says n/a.
+        params = f"{r['params'] / 1e6:.2f}M" if r["params"] else "n/a"
+        share = f"{100 * r['params'] / base['params']:.2f}" if r["params"] else "n/a"
         lines.append(
-            f"| {r['name']} | {r['params'] / 1e6:.2f}M | {100 * r['params'] / base['params']:.2f} "
+            f"| {r['name']} | {params} | {share} "
             f"| {r['size_mb']:.1f} | {r['e2e_p50_ms']:.2f} | {r['e2e_p95_ms']:.2f} "
             f"| {r['model_p50_ms']:.2f} | {r['e2e_texts_per_s']:,.0f} "
             f"| {r['e2e_texts_per_s'] / base['e2e_texts_per_s']:.1f}x "
@@ -156,6 +159,11 @@ def efficiency(root: Path) -> list[str]:
             f"- target: p50 single-text latency < 2 ms: {small['e2e_p50_ms']:.2f} ms end to end "
             f"-> {_check(small['e2e_p50_ms'] < 2)}",
         ]
+    onnx = _load(root / "a" / "exports" / "bilstm-soft-onnx-int8" / "eval_dev.json")
+    if onnx is not None:
+        lines.append(
+            f"- int8 ONNX export of bilstm-soft: dev accuracy {_pct(onnx['metrics']['accuracy'])}"
+        )
     return [*lines, ""]
 
 

@@ -18,12 +18,22 @@ log "scenario A: all labels, modes and ensemble"
 textdistill run benchmarks/thucnews.yaml --data "$data" --out "$out/a"
 log "scenario A done"
 
+onnx="$out/a/exports/bilstm-soft-onnx-int8"
+if [ ! -f "$onnx/eval_dev.json" ]; then
+  log "export: the soft BiLSTM as int8 ONNX, evaluated on dev"
+  textdistill export --model "$out/a/students/bilstm-soft" --format onnx --quantize int8 \
+    --out "$onnx"
+  textdistill evaluate --model "$onnx" --data "$data" --split dev --no-efficiency
+  log "export done"
+fi
+
 if [ ! -f "$out/efficiency.json" ]; then
   log "efficiency: bert-base-shaped, mini, seed-sized and small students (1 thread)"
   python benchmarks/efficiency.py --data "$data" --split dev --threads 1 \
     --model "teacher mini=$out/a/teacher" \
     --model "bilstm small (soft)=$out/a/students/bilstm-soft" \
     --model "textcnn (soft)=$out/a/students/textcnn-soft" \
+    --model "bilstm small (soft), ONNX int8=$onnx" \
     --out "$out/efficiency.json"
   log "efficiency done"
 fi
