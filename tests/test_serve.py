@@ -192,6 +192,26 @@ def test_model_info_of_an_onnx_export(onnx_dir: Path, student_dir: Path) -> None
     assert r.json()["results"][0]["probability"] == pytest.approx(want.probability, abs=1e-5)
 
 
+def test_an_ensemble_of_a_student_and_an_onnx_export_is_served(
+    tmp_path: Path, onnx_dir: Path, student_dir: Path
+) -> None:
+    from textdistill.ensemble import make_ensemble
+
+    ens = make_ensemble([student_dir, onnx_dir], tmp_path / "ensemble")
+    with TestClient(create_app(ens)) as client:
+        info = client.get("/v1/model").json()
+        r = client.post("/v1/classify", json={"texts": ["球队比赛", "银行基金"]})
+    assert info["kind"] == "ensemble"
+    assert info["size_mb"] == pytest.approx(
+        size_on_disk_mb(student_dir) + size_on_disk_mb(onnx_dir)
+    )
+    assert r.status_code == 200
+    want = load(ens).predict(["球队比赛", "银行基金"])
+    got = r.json()["results"]
+    assert [g["label"] for g in got] == [w.label for w in want]
+    assert got[0]["probability"] == pytest.approx(want[0].probability, abs=1e-5)
+
+
 def test_create_app_from_a_path_checks_the_backend(student_dir: Path) -> None:
     with pytest.raises(UserError, match="textdistill export"):
         create_app(student_dir, ServeSettings(backend="onnx"))

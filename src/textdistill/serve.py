@@ -69,7 +69,6 @@ from pydantic import (
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textdistill import __version__
-from textdistill.efficiency import size_on_disk_mb
 from textdistill.errors import UserError
 from textdistill.folders import read_meta
 from textdistill.onnx_backend import OnnxModule, check_backend, folder_format
@@ -500,7 +499,7 @@ def _model_info(clf: Classifier, settings: ServeSettings) -> dict[str, Any]:
         "num_labels": len(clf.label_names),
         "max_len": clf.max_len,
         "num_parameters": meta.get("num_parameters"),
-        "size_mb": round(size_on_disk_mb(clf.path), 6),
+        "size_mb": round(clf.size_mb(), 6),
         "fingerprint": meta.get("fingerprint"),
         "source_fingerprint": source.get("fingerprint"),
         "dev_metrics": meta.get("dev_metrics") or {},
