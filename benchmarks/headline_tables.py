@@ -48,7 +48,7 @@ def scenario_b(run: Path) -> list[str]:
     for split, rows in _accuracies(run).items():
         t, none, soft = rows["teacher"], rows["bilstm-none"], rows["bilstm-soft"]
         lines += [
-            f"Accuracy on {split} ({split} rows: all of the split's labelled rows).",
+            f"Accuracy on the {split} split.",
             "",
             "| model | trained on | accuracy % | vs none | macro F1 % |",
             "|---|---|---:|---:|---:|",
@@ -185,7 +185,7 @@ def timings(root: Path) -> list[str]:
     lines = ["## Stage wall times", "", "| scenario | stage | seconds |", "|---|---|---:|"]
     for scenario in ("b", "a"):
         p = _load(root / scenario / "pipeline.json") or {}
-        for stage, seconds in p.get("timings_s", {}).items():
+        for stage, seconds in p.get("stage_seconds", p.get("timings_s", {})).items():
             lines.append(f"| {scenario.upper()} | {stage} | {seconds:,.0f} |")
     timeline = root / "timeline.log"
     if timeline.is_file():

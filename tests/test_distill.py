@@ -455,3 +455,13 @@ def test_ensemble_of_teacher_and_student(
     )
     assert meta["config"]["distill"]["teacher_weights"] == [3.0, 1.0]
     assert meta["config"]["distill"]["ensemble"] == "prob"
+
+
+def test_augment_copies_from_the_command_line(
+    tmp_path: Path, tiny_corpus: Path, tiny_teacher: Path
+) -> None:
+    args = ["--mode", "soft", "--epochs", "1", "--augment-copies", "2", *tiny_args()]
+    ok(run_distill(tiny_corpus, tmp_path / "s", *args, teacher=tiny_teacher))
+    meta = read_meta(tmp_path / "s")
+    assert (meta["labelled_rows"], meta["transfer_rows"]) == (30, 90)
+    assert meta["config"]["distill"]["augment_copies"] == 2

@@ -43,6 +43,7 @@ class Demo:
     out: Path
     sample: Path
     result: Result
+    stage_seconds: dict[str, float]
 
 
 def invoke(*args: Any) -> Result:
@@ -58,7 +59,8 @@ def ok(result: Result) -> Result:
 def demo(tmp_path_factory: pytest.TempPathFactory, builtin_sample: Path) -> Demo:
     out = tmp_path_factory.mktemp("demo") / "run"
     result = ok(invoke("demo", "--quick", "--out", out))
-    return Demo(out=out, sample=builtin_sample, result=result)
+    summary = json.loads((out / "pipeline.json").read_text(encoding="utf-8"))
+    return Demo(out, builtin_sample, result, summary["stage_seconds"])
 
 
 def copy_run(demo: Demo, dest: Path) -> Path:
@@ -107,6 +109,7 @@ def test_demo_quick_trains_teacher_four_students_and_reports(demo: Demo) -> None
         *(f"student:{s}" for s in STUDENTS),
         "report:test",
     }
+    assert pipeline["stage_seconds"] == pipeline["timings_s"]
     assert "# Model comparison" in demo.result.stdout
     assert "stage times:" in demo.result.stdout
 
@@ -120,7 +123,9 @@ def test_second_run_skips_every_stage(demo: Demo) -> None:
     assert fingerprints(demo.out) == before
     assert (demo.out / "report-test" / "compare.md").read_bytes() == md_before
     pipeline = json.loads((demo.out / "pipeline.json").read_text(encoding="utf-8"))
-    assert pipeline == {"timings_s": {}, "skipped": ALL_STAGES}
+    assert pipeline["timings_s"] == {} and pipeline["skipped"] == ALL_STAGES
+    # The times of the run that built the stages are kept.
+    assert pipeline["stage_seconds"] == demo.stage_seconds
 
 
 def test_changing_one_student_retrains_only_that_student(demo: Demo, tmp_path: Path) -> None:

@@ -335,7 +335,8 @@ def run_pipeline(cfg: Config, out: str | Path) -> PipelineResult:
 
     Layout of ``out``: ``teacher/``, ``students/<name>/``, ``ensembles/<name>/``,
     ``report-<split>/`` and
-    ``pipeline.json`` (stage times and the stages skipped by this run).
+    ``pipeline.json`` (stage times of this run and of the runs that built the skipped
+    stages, and the stages skipped by this run).
 
     Raises:
         UserError: an invalid ``pipeline`` section (see :func:`check_pipeline`), or any
@@ -358,9 +359,32 @@ def run_pipeline(cfg: Config, out: str | Path) -> PipelineResult:
     names = [TEACHER_STAGE, *shown, *result.students]
     models = [teacher_dir, *shown.values(), *result.students.values()]
     _report(cfg, corpus, out, models, names, data_hash, result)
-    summary = {"timings_s": result.timings, "skipped": result.skipped}
-    distributed.on_main(lambda: write_json(out / "pipeline.json", summary))
+    distributed.on_main(lambda: _write_summary(cfg, out, result))
     return result
+
+
+def _write_summary(cfg: Config, out: Path, result: PipelineResult) -> None:
+    """``pipeline.json``: this run's stage times and skipped stages, plus ``stage_seconds``,
+    the time each stage of the config took in the run that built it (kept from the earlier
+    summary for the stages this run skipped), so a resumed run still reports every stage."""
+    stages = [
+        TEACHER_STAGE,
+        *(f"student:{s.name}" for s in cfg.pipeline.students),
+        *(f"report:{split}" for split in cfg.pipeline.report_splits),
+    ]
+    path = out / "pipeline.json"
+    try:
+        earlier = read_json(path).get("stage_seconds", {}) if path.is_file() else {}
+    except (OSError, ValueError, AttributeError):
+        earlier = {}  # an unreadable summary only loses the earlier times
+    seconds = {k: earlier[k] for k in stages if k in earlier and k not in result.timings}
+    seconds.update(result.timings)
+    summary = {
+        "timings_s": result.timings,
+        "skipped": result.skipped,
+        "stage_seconds": {k: seconds[k] for k in stages if k in seconds},
+    }
+    write_json(path, summary)
 
 
 DEMO_CONFIGS = {"full": "demo.yaml", "quick": "demo-quick.yaml"}

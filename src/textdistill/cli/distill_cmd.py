@@ -56,6 +56,12 @@ def distill(
     ensemble: str | None = typer.Option(
         None, "--ensemble", help="Ensemble average of logprob (default) or prob."
     ),
+    augment_copies: int | None = typer.Option(
+        None,
+        "--augment-copies",
+        min=0,
+        help="Perturbed copies of each transfer text, labelled by the teacher (0: none).",
+    ),
     init_embeddings: str | None = typer.Option(
         None, "--init-embeddings", help="random, or teacher (PCA of its word embeddings)."
     ),
@@ -107,6 +113,7 @@ def distill(
             "distill.extra": [str(e) for e in extra] if extra else None,
             "distill.teacher_weights": list(teacher_weight) if teacher_weight else None,
             "distill.ensemble": ensemble,
+            "distill.augment_copies": augment_copies,
             "student.arch": student,
             "student.preset": preset,
             "student.init_embeddings": init_embeddings,
