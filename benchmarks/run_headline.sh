@@ -4,11 +4,9 @@
 # cost. Every step skips or resumes what is already done, so a killed run is restarted with
 # the same command. About 2 hours on 2 CPU cores; run it in the background:
 #   nohup bash benchmarks/run_headline.sh ../shared/data/thucnews runs/headline > headline.log 2>&1 &
-set -euo pipefail
-data=${1:-../shared/data/thucnews}
-out=${2:-runs/headline}
-mkdir -p "$out"
-log() { echo "[$(date -u +%FT%TZ)] $*" | tee -a "$out/timeline.log"; }
+default_out=runs/headline
+# shellcheck source=benchmarks/common.sh
+source "$(dirname "$0")/common.sh"
 
 log "scenario B: few labels"
 textdistill run benchmarks/thucnews-few.yaml --data "$data" --out "$out/b"

@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # Issues 3 and 4 benchmarks on the shared THUCNews titles; every step resumes or skips
 # what is already done. Usage: bash benchmarks/run_thucnews.sh DATA_DIR OUT_DIR
-set -euo pipefail
-data=${1:-../shared/data/thucnews}
-out=${2:-runs/bench}
-mkdir -p "$out"
-log() { echo "[$(date -u +%FT%TZ)] $*" | tee -a "$out/timeline.log"; }
+default_out=runs/bench
+# shellcheck source=benchmarks/common.sh
+source "$(dirname "$0")/common.sh"
 
 log "pipeline: mini teacher with MLM, every mode for bilstm and textcnn"
 textdistill run benchmarks/thucnews-modes.yaml --data "$data" --out "$out/modes"
