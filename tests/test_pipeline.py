@@ -286,6 +286,7 @@ PAIR = {"name": "pair", "members": ["teacher", "a"]}
         ([{"name": "a"}], "unknown member(s) ['c']", [{"name": "p", "members": ["a", "c"]}]),
         ([{"name": "a"}], "'a' is used twice", [{"name": "a", "members": ["teacher", "a"]}]),
         ([{"name": "a"}], "1 weight(s) for 2 members", [{**PAIR, "weights": [1.0]}]),
+        ([{"name": "a"}], "'pair' is used twice", [PAIR, PAIR]),
         ([{"name": "teacher"}], "'teacher' is used twice", []),
         ([{"name": "a"}, {"name": "a"}], "'a' is used twice", []),
         ([{"name": "a", "teachers": ["b"]}, {"name": "b"}], "unknown teacher stage 'b'", []),

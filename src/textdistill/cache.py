@@ -166,6 +166,27 @@ def run_teacher(
     return logits, pooled
 
 
+def check_ensemble_options(
+    n: int,
+    weights: Sequence[float] | None,
+    mode: str,
+    *,
+    member: str = "teacher",
+    rule: str = "ensemble mode",
+) -> None:
+    """Raise a :class:`UserError` for an unknown combine ``mode`` or ``weights`` that are not
+    ``n`` non-negative numbers with a positive sum (``member``/``rule`` name them)."""
+    if mode not in ENSEMBLE_MODES:
+        raise UserError(f"unknown {rule} {mode!r}; valid: {', '.join(ENSEMBLE_MODES)}")
+    if weights is not None and (
+        len(weights) != n or any(w < 0 for w in weights) or sum(weights) <= 0
+    ):
+        raise UserError(
+            f"{member} weights must be non-negative, one per {member}, not all zero; "
+            f"got {list(weights)}"
+        )
+
+
 def combine_ensemble(
     member_logits: Sequence[np.ndarray], weights: Sequence[float] | None, mode: str
 ) -> np.ndarray:
@@ -175,11 +196,8 @@ def combine_ensemble(
     ``prob``: log of the weighted mean of the softmax probabilities. Either result is used
     as the teacher's logits ``z_t`` (softmax is invariant to the per-row constant).
     """
-    if mode not in ENSEMBLE_MODES:
-        raise UserError(f"unknown ensemble mode {mode!r}; valid: {', '.join(ENSEMBLE_MODES)}")
+    check_ensemble_options(len(member_logits), weights, mode)
     w = np.asarray(weights if weights is not None else [1.0] * len(member_logits), np.float64)
-    if len(w) != len(member_logits) or (w < 0).any() or w.sum() <= 0:
-        raise UserError("teacher weights must be non-negative, one per teacher, not all zero")
     w = w / w.sum()
     logps = [torch.log_softmax(torch.from_numpy(z).double(), dim=-1) for z in member_logits]
     if mode == "logprob":

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from textdistill import __version__
-from textdistill.cache import ENSEMBLE_MODES, combine_ensemble
+from textdistill.cache import check_ensemble_options, combine_ensemble
 from textdistill.config import Config, apply_overrides
 from textdistill.efficiency import size_on_disk_mb
 from textdistill.errors import UserError
@@ -51,20 +50,6 @@ def is_ensemble(path: str | Path) -> bool:
     """Whether ``path`` is an ensemble folder (a folder without metadata is not)."""
     meta = Path(path) / META_FILE
     return meta.is_file() and read_json(meta).get("kind") == ENSEMBLE_KIND
-
-
-def _check_options(n_members: int, weights: Sequence[float] | None, combine: str) -> None:
-    if n_members < 2:
-        raise UserError(f"an ensemble needs at least two members, got {n_members}")
-    if combine not in ENSEMBLE_MODES:
-        raise UserError(f"unknown combine rule {combine!r}; valid: {', '.join(ENSEMBLE_MODES)}")
-    if weights is not None and (
-        len(weights) != n_members or any(w < 0 for w in weights) or sum(weights) <= 0
-    ):
-        raise UserError(
-            f"ensemble weights must be non-negative, one per member ({n_members}), "
-            f"not all zero; got {list(weights)}"
-        )
 
 
 def ensemble_fingerprint(
@@ -93,7 +78,9 @@ def make_ensemble(
     """
     out = Path(out)
     paths = [Path(m).resolve() for m in members]
-    _check_options(len(paths), weights, combine)
+    if len(paths) < 2:
+        raise UserError(f"an ensemble needs at least two members, got {len(paths)}")
+    check_ensemble_options(len(paths), weights, combine, member="member", rule="combine rule")
     label_names: list[str] | None = None
     fingerprints, n_params, sizes = [], 0, 0.0
     for p in paths:
@@ -243,5 +230,5 @@ class EnsembleClassifier(Classifier):
         for i, member in enumerate(self.members):
             prefix = f"{i}."
             own = {k[len(prefix) :]: v for k, v in batch.items() if k.startswith(prefix)}
-            member_logits.append(member.forward_batch(own).cpu().numpy().astype(np.float32))
+            member_logits.append(member.forward_batch(own).cpu().numpy())
         return torch.from_numpy(combine_ensemble(member_logits, self.weights, self.combine))

@@ -166,7 +166,7 @@ def check_pipeline(cfg: Config) -> None:
     ensembles = {e.name: e for e in cfg.pipeline.ensembles}
     students = [e.name for e in cfg.pipeline.students]
     seen = {TEACHER_STAGE}
-    for name in [*students, *ensembles]:
+    for name in [*students, *(e.name for e in cfg.pipeline.ensembles)]:
         if not _usable_folder_name(name):
             raise UserError(f"pipeline stage name {name!r} is not a usable folder name")
         if name in seen:
@@ -175,8 +175,6 @@ def check_pipeline(cfg: Config) -> None:
                 "give every student and ensemble its own name"
             )
         seen.add(name)
-    if len(ensembles) != len(cfg.pipeline.ensembles):
-        raise UserError("pipeline ensemble names must be unique")
     for ens in ensembles.values():
         unknown = [m for m in ens.members if m != TEACHER_STAGE and m not in students]
         if unknown:
