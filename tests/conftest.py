@@ -181,6 +181,39 @@ def write_sdist() -> Callable[..., Path]:
 # --------------------------------------------------------------------------------------
 
 
+def assert_records_close(got: Any, want: Any, *, abs: float = 1e-6, where: str = "") -> None:
+    """``got == want`` for nested JSON-like records, numbers compared within ``abs``.
+
+    Same keys in every mapping, same length of every list, exact strings, booleans and
+    ``None``; ints and floats within ``abs`` (``pytest.approx`` no longer walks nested data
+    since pytest 9, so this walks it and asks ``approx`` about each number).
+    """
+    at = where or "record"
+    if isinstance(want, Mapping):
+        assert isinstance(got, Mapping), f"{at}: {got!r} is not a mapping"
+        assert set(got) == set(want), f"{at}: keys {sorted(got)} != {sorted(want)}"
+        for key in want:
+            assert_records_close(got[key], want[key], abs=abs, where=f"{at}[{key!r}]")
+    elif isinstance(want, list | tuple):
+        assert isinstance(got, list | tuple), f"{at}: {got!r} is not a list"
+        assert len(got) == len(want), f"{at}: {len(got)} items != {len(want)}"
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_records_close(g, w, abs=abs, where=f"{at}[{i}]")
+    elif isinstance(want, bool) or want is None or isinstance(want, str):
+        assert got == want and type(got) is type(want), f"{at}: {got!r} != {want!r}"
+    elif isinstance(want, int | float):
+        assert isinstance(got, int | float) and not isinstance(got, bool), f"{at}: {got!r}"
+        assert got == pytest.approx(want, abs=abs, nan_ok=True), f"{at}: {got!r} != {want!r}"
+    else:
+        assert got == want, f"{at}: {got!r} != {want!r}"
+
+
+@pytest.fixture(scope="session")
+def records_close() -> Callable[..., None]:
+    """:func:`assert_records_close`, for tests (conftest is not imported by name)."""
+    return assert_records_close
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _session_textdistill_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """``TEXTDISTILL_HOME`` in a temporary folder before any fixture (module-scoped ones too)

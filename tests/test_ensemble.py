@@ -97,7 +97,10 @@ def test_evaluate_measures_an_ensemble_like_any_model(
     ens = make_ensemble(members, tmp_path / "ens")
     split = load_corpus(tiny_corpus).split("test")
     ev = evaluate_model(ens, split, efficiency=True)
-    assert 0.0 <= ev.metrics["accuracy"] <= 1.0
+    # The accuracy is the ensemble's own: its argmax over the split, scored by hand.
+    own = np.argmax(load(ens).logits(split.texts), axis=1)
+    assert ev.metrics["accuracy"] == pytest.approx(np.mean(own == np.asarray(split.labels)))
+    assert ev.metrics["n"] == len(split)
     assert ev.efficiency is not None and ev.efficiency.model_p50_ms > 0
 
 

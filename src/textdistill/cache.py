@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from textdistill import distributed
 from textdistill.batching import length_sorted_batches
 from textdistill.errors import UserError
 from textdistill.folders import LoadedModel, load_model
 from textdistill.io import atomic_dir, read_json, write_json
+from textdistill.progress import progress as progress_bar
 from textdistill.tokenization import Encoded, encode_cached, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,9 @@ def run_teacher(
     pooled = pooled_out
     if batches is None:
         batches = length_sorted_batches(enc.lengths, batch_size)
-    bar = tqdm(batches, desc=f"teacher {teacher.path.name}", disable=not progress, unit="batch")
+    bar = progress_bar(
+        batches, desc=f"teacher {teacher.path.name}", disable=not progress, unit="batch"
+    )
     for idx in bar:
         rows = np.asarray(idx)
         width = int(enc.lengths[rows].max())

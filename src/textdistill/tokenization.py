@@ -27,7 +27,6 @@ import numpy as np
 import platformdirs
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import WordPieceTrainer
-from tqdm.auto import tqdm
 from transformers import (  # type: ignore[attr-defined]
     AutoTokenizer,
     BertTokenizerFast,  # a lazy alias in transformers 5, invisible to type checkers
@@ -37,6 +36,7 @@ from transformers import (  # type: ignore[attr-defined]
 
 from textdistill.errors import UserError
 from textdistill.io import atomic_write
+from textdistill.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def encode(
     # encode_batch_fast skips the offsets we never use (tokenizers >= 0.21).
     encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
     quiet = n < PROGRESS_MIN_TEXTS or not log.isEnabledFor(logging.INFO)
-    with tqdm(total=n, desc="encoding", unit="text", disable=quiet) as bar:
+    with progress(total=n, desc="encoding", unit="text", disable=quiet) as bar:
         for start in range(0, n, batch_size):
             chunk = [str(t) for t in texts[start : start + batch_size]]
             rows = [e.ids for e in encode_batch(chunk, add_special_tokens=True)]

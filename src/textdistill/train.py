@@ -49,7 +49,6 @@ from accelerate.utils import (
 from sklearn.metrics import f1_score
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from textdistill import checkpoint as ckpt
@@ -57,6 +56,7 @@ from textdistill import distributed
 from textdistill.config import TrainConfig
 from textdistill.errors import UserError
 from textdistill.io import atomic_write
+from textdistill.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -512,12 +512,11 @@ class _Trainer:
         self.model.train()
         for extra in self.extras:
             extra.train()
-        bar = tqdm(
+        bar = progress(
             total=self.total_steps,
             initial=self.state.step,
             desc=self.stage,
             unit="step",
-            dynamic_ncols=True,
             disable=not (self.cfg.progress and self.is_main),
         )
         self.bar = bar

@@ -36,10 +36,37 @@ def setup_logging(verbose: bool = False) -> None:
 
     main = launched_rank() == 0
     root = logging.getLogger("textdistill")
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
-        root.addHandler(RichHandler(console=err_console, show_path=False, show_time=False))
+    if not any(isinstance(h, RichHandler | PlainStderrHandler) for h in root.handlers):
+        root.addHandler(
+            RichHandler(console=err_console, show_path=False, show_time=False)
+            if err_console.is_terminal
+            else PlainStderrHandler()
+        )
     root.setLevel((logging.DEBUG if verbose else logging.INFO) if main else logging.WARNING)
     console.quiet = not main
+
+
+class PlainStderrHandler(logging.StreamHandler):
+    """One unwrapped, timestamped line per record, for logs that are not terminals.
+
+    Under ``nohup``, in CI or behind a pipe, Rich would wrap every record at 80 columns and
+    pad it; a plain line stays greppable. It writes to whatever ``sys.stderr`` is at the
+    time of the record (test runners swap it per command).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
+        )
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
 
 
 def resolve_config(path: Path | None, overrides: dict[str, Any]) -> Config:
