@@ -8,7 +8,7 @@ Each process count is a fresh launch of this script in worker mode: plain ``pyth
 one process, ``accelerate launch --multi_gpu --num_processes N`` for more (one GPU per
 process; with ``--cpu``, N CPU processes joined by gloo sharing the cores evenly). A worker
 first builds a small untimed cache (teacher loading, kernel warm-up, the encode cache of
-the texts), then times :func:`textdistill.cache.build_soft_targets` with ``rebuild=True``
+the texts), then times :func:`textdistill.distill.cache.build_soft_targets` with ``rebuild=True``
 from a barrier to the finished cache: teacher loading, reading the encodings, inference
 on every process, and the main process's assembly of the parts. Process start-up and
 imports are not counted.
@@ -49,10 +49,10 @@ def _read_texts(path: Path, limit: int | None) -> list[str]:
 
 def _worker(args: argparse.Namespace) -> None:
     """One process of a timed run (launched by :func:`_launch`)."""
-    from textdistill import distributed
-    from textdistill.cache import build_soft_targets
-    from textdistill.folders import load_model
-    from textdistill.tokenization import encode_cached
+    from textdistill.core import distributed
+    from textdistill.data.tokenization import encode_cached
+    from textdistill.distill.cache import build_soft_targets
+    from textdistill.models.folders import load_model
 
     texts = _read_texts(args.texts, args.limit)
     scratch = Path(args.scratch)
@@ -107,7 +107,9 @@ def _launch(args: argparse.Namespace, processes: int, scratch: Path) -> dict[str
         *(["--limit", str(args.limit)] if args.limit is not None else []),
         *(["--no-pooled"] if args.no_pooled else []),
     ]
-    from textdistill.distributed import launch_command
+    # The launch the multi-process tests use (tests/launch.py; not part of the package).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from launch import launch_command
 
     cmd = launch_command(processes, worker)
     env = dict(os.environ)

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textdistill.batching import TextDataset, make_collate
-from textdistill.cache import run_teacher
-from textdistill.data import load_corpus
-from textdistill.folders import load_model
-from textdistill.losses import distillation_loss
+from textdistill.data.batching import TextDataset, make_collate
+from textdistill.data.corpus import load_corpus
+from textdistill.data.tokenization import encode_cached
+from textdistill.distill.cache import run_teacher
+from textdistill.distill.losses import distillation_loss
+from textdistill.models.folders import load_model
 from textdistill.models.students import build_student
-from textdistill.tokenization import encode_cached
 
 
 def _steps(student, loader, teacher, n_steps: int) -> float:  # type: ignore[no-untyped-def]

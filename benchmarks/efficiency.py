@@ -1,5 +1,5 @@
 """Efficiency table: parameters, size, single-text latency and batched throughput, measured
-the same way (``textdistill.efficiency.measure_efficiency``) for every model in one run.
+the same way (``textdistill.evaluation.efficiency.measure_efficiency``) for every model in one run.
 
 Besides trained model folders it builds, for timing only, a bert-base-shaped teacher
 (12 x 768, 21,128-token vocabulary, random weights) and the seed-sized BiLSTM preset, with
@@ -19,12 +19,18 @@ from pathlib import Path
 
 import torch
 
-from textdistill.data import load_corpus
-from textdistill.efficiency import measure_efficiency, size_on_disk_mb
-from textdistill.folders import count_parameters, load_model, save_student, save_teacher
+from textdistill.data.corpus import load_corpus
+from textdistill.evaluation.efficiency import measure_efficiency
+from textdistill.inference.load import load
+from textdistill.models.folders import (
+    count_parameters,
+    load_model,
+    save_student,
+    save_teacher,
+    size_on_disk_mb,
+)
 from textdistill.models.students import build_student
 from textdistill.models.teacher import TeacherModel, new_scratch_classifier, scratch_bert_config
-from textdistill.predict import load
 
 
 def _synthetic(first: Path, tmp: Path) -> dict[str, Path]:

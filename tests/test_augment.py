@@ -1,7 +1,7 @@
 import random
 
-from textdistill.augment import UNK, augment_text, augment_texts
-from textdistill.tokenization import build_tokenizer
+from textdistill.data.tokenization import build_tokenizer
+from textdistill.distill.augment import UNK, augment_text, augment_texts
 
 TITLES = ["中华女子学院：本科层次仅1专业招男生", "皮特爱女客串新片 朱莉复古发型被嘲像后妈(图)"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from textdistill.batching import (
+from textdistill.data.batching import (
     TextDataset,
     collate,
     encoded_batch,
@@ -19,7 +19,7 @@ from textdistill.batching import (
     restore_order,
     subset,
 )
-from textdistill.tokenization import Encoded
+from textdistill.data.tokenization import Encoded
 
 # Three rows of a max_len-6 encoding: lengths 3, 5 and 2 ([CLS] ... [SEP]).
 IDS = np.array(

@@ -18,12 +18,14 @@ from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
-from textdistill import cache
-from textdistill.batching import encoded_batch
-from textdistill.cache import SoftTargets, build_soft_targets, combine_ensemble
 from textdistill.cli import app
-from textdistill.errors import UserError
-from textdistill.folders import (
+from textdistill.core.errors import UserError
+from textdistill.data.batching import encoded_batch
+from textdistill.data.tokenization import build_tokenizer, encode
+from textdistill.distill import cache
+from textdistill.distill.cache import SoftTargets, build_soft_targets
+from textdistill.models.ensemble import combine_ensemble
+from textdistill.models.folders import (
     WEIGHTS_FILE,
     folder_fingerprint,
     load_model,
@@ -32,7 +34,6 @@ from textdistill.folders import (
 )
 from textdistill.models.students import build_student
 from textdistill.models.teacher import TeacherModel, label_maps
-from textdistill.tokenization import build_tokenizer, encode
 
 CLASSES = ["sports", "finance", "game"]
 MAX_LEN = 16

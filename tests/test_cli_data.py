@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from textdistill import sample
 from textdistill.cli import app
+from textdistill.data import sample
 
 runner = CliRunner()
 

@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from textdistill.cli import app
-from textdistill.data import load_corpus
-from textdistill.folders import read_meta
-from textdistill.predict import load
+from textdistill.data.corpus import load_corpus
+from textdistill.inference.load import load
+from textdistill.models.folders import read_meta
 
 
 def invoke(*args: Any) -> Result:

@@ -19,25 +19,34 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner, Result
 
-import textdistill.distill as distill_mod
-from textdistill.cache import SoftTargets
+import textdistill.distill.run as distill_mod
 from textdistill.cli import app
-from textdistill.config import PipelineStudent
-from textdistill.data import load_corpus
-from textdistill.distill import (
+from textdistill.core.config import PipelineStudent
+from textdistill.core.errors import UserError
+from textdistill.core.paths import work_dir_for
+from textdistill.data.corpus import load_corpus
+from textdistill.data.splits import prepare_training_data
+from textdistill.distill.cache import SoftTargets
+from textdistill.distill.losses import (
+    MODES,
+    LossOptions,
+    LossOutput,
+    ModeSpec,
+    distillation_loss,
+    kd_kl,
+    make_projection,
+)
+from textdistill.distill.run import (
     default_preset,
     distill,
     preset_for,
     transfer_set,
 )
-from textdistill.errors import UserError
-from textdistill.folders import load_model, read_meta
-from textdistill.losses import LossOutput, distillation_loss, make_projection
+from textdistill.inference.load import load
+from textdistill.models.folders import load_model, read_meta
 from textdistill.models.output import ClassifierOutput
 from textdistill.models.students import build_student
 from textdistill.pipeline import student_config
-from textdistill.predict import load
-from textdistill.workspace import prepare_training_data, work_dir_for
 
 TRAIN_ROWS = 30  # tiny_corpus: 3 classes x 10 rows
 BATCH = 8
@@ -465,3 +474,33 @@ def test_augment_copies_from_the_command_line(
     meta = read_meta(tmp_path / "s")
     assert (meta["labelled_rows"], meta["transfer_rows"]) == (30, 90)
     assert meta["config"]["distill"]["augment_copies"] == 2
+
+
+def test_a_new_mode_is_one_spec(
+    tmp_path: Path,
+    tiny_corpus: Path,
+    tiny_teacher: Path,
+    make_tiny_config: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An entry in MODES is all the CLI, distill() and the cache need to run a new mode."""
+    seen: list[tuple[int, ...]] = []
+
+    def kd_only(
+        out: ClassifierOutput, batch: dict[str, torch.Tensor], o: LossOptions, proj: Any
+    ) -> LossOutput:
+        seen.append(tuple(batch["teacher_hidden"].shape))
+        kd = kd_kl(out.logits, batch["teacher_logits"], o.T)
+        value = float(kd.detach())
+        return LossOutput(loss=kd, terms={"kd": value, "loss": value})
+
+    monkeypatch.setitem(MODES, "kd", ModeSpec("KD only", kd_only, needs_pooled=True))
+    ok(run_distill(tiny_corpus, tmp_path / "s", "--mode", "kd", "-q", teacher=tiny_teacher))
+    meta = read_meta(tmp_path / "s")
+    assert meta["mode"] == "kd"
+    assert seen and all(shape[1] == 32 for shape in seen)  # the teacher's pooled width
+    history = (tmp_path / "s" / "metrics.jsonl").read_text(encoding="utf-8")
+    assert '"stage": "distill-kd"' in history
+    bad = run_distill(tiny_corpus, tmp_path / "t", "--mode", "kd2", "-q", teacher=tiny_teacher)
+    assert bad.exit_code == 2
+    assert "unknown distillation mode 'kd2'; valid: none, hard, soft, hidden, kd" in bad.stderr

@@ -10,13 +10,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from textdistill.efficiency import (
-    EfficiencyResult,
-    TextClassifier,
-    count_parameters,
-    measure_efficiency,
-    size_on_disk_mb,
-)
+from textdistill.evaluation.efficiency import EfficiencyResult, TextClassifier, measure_efficiency
+from textdistill.models.folders import count_parameters, size_on_disk_mb
 
 MODEL_SLEEP = 0.002
 ENCODE_SLEEP = 0.0005

@@ -14,20 +14,16 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from textdistill.cli import app
-from textdistill.config import apply_overrides
-from textdistill.data import load_corpus
-from textdistill.distill import distill
-from textdistill.ensemble import (
-    EnsembleClassifier,
-    expand_teachers,
-    is_ensemble,
-    make_ensemble,
-    read_ensemble,
-)
-from textdistill.errors import UserError
-from textdistill.evaluate import evaluate_model
-from textdistill.folders import read_meta
-from textdistill.predict import load
+from textdistill.core.config import apply_overrides
+from textdistill.core.errors import UserError
+from textdistill.data.corpus import load_corpus
+from textdistill.distill.run import distill
+from textdistill.distill.teachers import expand_teachers
+from textdistill.evaluation.evaluate import evaluate_model
+from textdistill.inference.ensemble import EnsembleClassifier
+from textdistill.inference.load import load
+from textdistill.models.ensemble import is_ensemble, make_ensemble, read_ensemble
+from textdistill.models.folders import read_meta
 
 TEXTS = ["球队比赛冠军", "银行基金利率", "游戏玩家网游", "", "进球"]
 

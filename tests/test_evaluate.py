@@ -25,13 +25,18 @@ from sklearn.metrics import (
 from typer.testing import CliRunner, Result
 
 from textdistill.cli import app
-from textdistill.config import EvalConfig
-from textdistill.data import Split, load_corpus
-from textdistill.distill import distill
-from textdistill.errors import UserError
-from textdistill.evaluate import compare_models, evaluate_model, model_names, save_evaluation
-from textdistill.folders import read_meta
-from textdistill.predict import load
+from textdistill.core.config import EvalConfig
+from textdistill.core.errors import UserError
+from textdistill.data.corpus import Split, load_corpus
+from textdistill.distill.run import distill
+from textdistill.evaluation.evaluate import (
+    compare_models,
+    evaluate_model,
+    model_names,
+    save_evaluation,
+)
+from textdistill.inference.load import load
+from textdistill.models.folders import read_meta
 
 FAST_EVAL = EvalConfig(latency_texts=10, warmup=2, batch_size=16)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -51,8 +56,7 @@ def cnn_student(
         "distill.teachers": [str(tiny_teacher)],
         "student.arch": "textcnn",
         "student.preset": "default",
-        "student.hidden_dim": None,
-        "student.num_filters": 8,
+        "student.options": {"embed_dim": 16, "num_filters": 8},
     }
     cfg = make_tiny_config(tiny_corpus, **overrides)
     distill(cfg, load_corpus(tiny_corpus), out)

@@ -19,26 +19,28 @@ from typer.testing import CliRunner
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from textdistill import export as export_mod  # noqa: E402
 from textdistill.cli import app  # noqa: E402
-from textdistill.errors import UserError  # noqa: E402
-from textdistill.export import (  # noqa: E402
+from textdistill.core.errors import UserError  # noqa: E402
+from textdistill.core.io import file_sha256  # noqa: E402
+from textdistill.data.tokenization import build_tokenizer  # noqa: E402
+from textdistill.deploy import export as export_mod  # noqa: E402
+from textdistill.deploy.export import (  # noqa: E402
     ExportValidationError,
     default_out,
     export_model,
     probe_batch,
 )
-from textdistill.folders import load_model, read_meta, save_student, save_teacher  # noqa: E402
-from textdistill.io import file_sha256  # noqa: E402
+from textdistill.inference.classifier import Classifier  # noqa: E402
+from textdistill.inference.load import load  # noqa: E402
+from textdistill.inference.onnx import OnnxClassifier  # noqa: E402
+from textdistill.inference.torch import TorchClassifier  # noqa: E402
+from textdistill.models.folders import load_model, read_meta, save_student, save_teacher  # noqa: E402
 from textdistill.models.students import build_student  # noqa: E402
 from textdistill.models.teacher import (  # noqa: E402
     TeacherModel,
     new_scratch_classifier,
     scratch_bert_config,
 )
-from textdistill.onnx_backend import OnnxClassifier  # noqa: E402
-from textdistill.predict import Classifier, load  # noqa: E402
-from textdistill.tokenization import build_tokenizer  # noqa: E402
 
 CLASSES = ["sports", "finance", "game"]
 KEYWORDS = ("球队比赛冠军进球联赛", "银行基金利率投资理财", "游戏玩家网游副本公测")
@@ -326,7 +328,7 @@ def test_torch_int8_folder_quantizes_at_load_time(
 def test_load_backend_selection(models: dict[str, Path], exported: dict[str, Path]) -> None:
     assert isinstance(load(exported["bilstm"], backend="onnx"), OnnxClassifier)
     plain = load(models["bilstm"], backend="torch")
-    assert type(plain) is Classifier
+    assert type(plain) is TorchClassifier
     with pytest.raises(UserError, match="textdistill export --model"):
         load(models["bilstm"], backend="onnx")
     with pytest.raises(UserError, match="ONNX export"):
@@ -397,9 +399,9 @@ def test_failed_validation_writes_nothing(
 def test_evaluate_accepts_an_onnx_folder(
     exported: dict[str, Path], data: dict[str, tuple[list[str], list[int]]]
 ) -> None:
-    from textdistill.config import EvalConfig
-    from textdistill.data import Split
-    from textdistill.evaluate import evaluate_model
+    from textdistill.core.config import EvalConfig
+    from textdistill.data.corpus import Split
+    from textdistill.evaluation.evaluate import evaluate_model
 
     texts, labels = data["test"]
     split = Split(name="test", texts=texts, labels=labels)
@@ -418,9 +420,9 @@ def test_compare_reports_the_export_next_to_its_source(
     data: dict[str, tuple[list[str], list[int]]],
     tmp_path: Path,
 ) -> None:
-    from textdistill.config import EvalConfig
-    from textdistill.data import Split
-    from textdistill.evaluate import compare_models
+    from textdistill.core.config import EvalConfig
+    from textdistill.data.corpus import Split
+    from textdistill.evaluation.evaluate import compare_models
 
     texts, labels = data["test"]
     _, summaries = compare_models(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from textdistill.losses import (
+from textdistill.distill.losses import (
     MODES,
     LossOutput,
     ce,

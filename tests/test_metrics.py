@@ -7,7 +7,7 @@ import json
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score
 
-from textdistill.metrics import agreement, classification_metrics, format_report
+from textdistill.evaluation.metrics import agreement, classification_metrics, format_report
 
 NAMES = ["sports", "finance", "tech"]
 Y_TRUE = [0, 0, 0, 1, 1, 2, 2, 2, 2, 0]

@@ -35,10 +35,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from launch import launch_command
 from safetensors.torch import load_file
 
-from textdistill import distributed
-from textdistill.distributed import launch_command
+from textdistill.core import distributed
 
 pytestmark = pytest.mark.slow  # every test here launches processes
 
@@ -78,9 +78,7 @@ CONFIG = {
     },
     "student": {
         "arch": "bilstm",
-        "embed_dim": 16,
-        "hidden_dim": 16,
-        "dropout": 0.0,
+        "options": {"embed_dim": 16, "hidden_dim": 16, "dropout": 0.0},
         "train": {
             "epochs": 2,
             "batch_size": BATCH,
@@ -99,8 +97,7 @@ CONFIG = {
 KILL_LAUNCHER = """\
 import os
 
-from textdistill import train
-
+from textdistill.training import loop as train
 _STEP = int(os.environ["TEXTDISTILL_TEST_KILL_AT_STEP"])
 _save = train._Trainer._save_checkpoint
 
@@ -457,9 +454,9 @@ def test_use_cpu_follows_accelerate_use_cpu(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_batch_size_must_split_evenly_across_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from textdistill.config import TrainConfig
-    from textdistill.errors import UserError
-    from textdistill.train import make_accelerator
+    from textdistill.core.config import TrainConfig
+    from textdistill.core.errors import UserError
+    from textdistill.training.loop import make_accelerator
 
     monkeypatch.setattr(distributed, "num_processes", lambda: 4)
     with pytest.raises(UserError, match=r"batch size 10 is the global batch.*multiple of 4"):

@@ -19,12 +19,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-import textdistill.distill as distill_mod
+import textdistill.distill.run as distill_mod
 from textdistill.cli import app
-from textdistill.config import ConfigError, PipelineEnsemble, PipelineStudent, apply_overrides
-from textdistill.errors import UserError
-from textdistill.folders import read_meta
-from textdistill.losses import distillation_loss
+from textdistill.core.config import ConfigError, PipelineEnsemble, PipelineStudent, apply_overrides
+from textdistill.core.errors import UserError
+from textdistill.core.paths import work_dir_for
+from textdistill.data.splits import open_corpus, prepare_training_data
+from textdistill.distill.losses import distillation_loss
+from textdistill.models.folders import read_meta
 from textdistill.pipeline import (
     _key_config,
     check_pipeline,
@@ -32,7 +34,6 @@ from textdistill.pipeline import (
     run_pipeline,
     stage_key,
 )
-from textdistill.workspace import open_corpus, prepare_training_data, work_dir_for
 
 STUDENTS = ["bilstm-none", "bilstm-hard", "bilstm-soft", "bilstm-hidden"]
 ALL_STAGES = ["teacher", *STUDENTS, "report-test"]
@@ -166,7 +167,7 @@ def test_run_custom_config_with_an_ensemble_teacher(demo: Demo, tmp_path: Path) 
                 "arch": "textcnn",  # no preset: textcnn's default, not bilstm's "small"
                 "mode": "soft",
                 "teachers": ["pair"],
-                "overrides": {"student.num_filters": 16, "student.embed_dim": 16},
+                "overrides": {"student.options.num_filters": 16, "student.options.embed_dim": 16},
             },
         ],
         "ensembles": [{"name": "pair", "members": ["teacher", "bilstm-none"]}],

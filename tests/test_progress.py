@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from textdistill.progress import LogProgress, progress
+from textdistill.core.progress import LogProgress, progress
 
 
 class FakeClock:
@@ -25,7 +25,7 @@ def test_log_progress_writes_one_line_per_tenth_with_rate_and_time_left(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
-    caplog.set_level(logging.INFO, logger="textdistill.progress")
+    caplog.set_level(logging.INFO, logger="textdistill.core.progress")
     bar = LogProgress(total=1000, desc="train", unit="step", clock=clock)
     for _ in range(1000):
         clock.t += 0.01  # 100 steps/s
@@ -42,7 +42,7 @@ def test_log_progress_time_rule_bounds_the_gap_between_lines(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
-    caplog.set_level(logging.INFO, logger="textdistill.progress")
+    caplog.set_level(logging.INFO, logger="textdistill.core.progress")
     bar = LogProgress(total=10_000, desc="slow", unit="batch", clock=clock, every_s=60)
     for _ in range(50):  # 5 s a batch, far below 10 % in 60 s
         clock.t += 5
@@ -55,7 +55,7 @@ def test_log_progress_counts_from_a_resumed_position_and_flushes_the_tail(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock()
-    caplog.set_level(logging.INFO, logger="textdistill.progress")
+    caplog.set_level(logging.INFO, logger="textdistill.core.progress")
     with LogProgress(total=100, initial=50, desc="resumed", clock=clock) as bar:
         for _ in range(5):
             clock.t += 1
@@ -68,7 +68,7 @@ def test_log_progress_counts_from_a_resumed_position_and_flushes_the_tail(
 
 def test_log_progress_over_an_iterable_and_without_total(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
-    caplog.set_level(logging.INFO, logger="textdistill.progress")
+    caplog.set_level(logging.INFO, logger="textdistill.core.progress")
     assert list(LogProgress(range(20), desc="rows", clock=clock)) == list(range(20))
     assert caplog.records[-1].getMessage().startswith("rows: 20/20 it (100%)")
     caplog.clear()
@@ -78,7 +78,7 @@ def test_log_progress_over_an_iterable_and_without_total(caplog: pytest.LogCaptu
 
 
 def test_disabled_log_progress_writes_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="textdistill.progress")
+    caplog.set_level(logging.INFO, logger="textdistill.core.progress")
     with LogProgress(total=10, desc="off", disable=True) as bar:
         for _ in range(10):
             bar.update(1)

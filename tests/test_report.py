@@ -9,13 +9,12 @@ import pytest
 from matplotlib import font_manager
 from PIL import Image
 
-from textdistill.efficiency import EfficiencyResult
-from textdistill.report import (
+from textdistill.evaluation.efficiency import EfficiencyResult
+from textdistill.evaluation.report import (
     CJK_FONTS,
     ModelSummary,
     build_comparison,
     history_series,
-    load_history,
     plot_accuracy_vs_latency,
     plot_confusion,
     plot_training_curves,
@@ -23,6 +22,7 @@ from textdistill.report import (
     to_markdown,
     write_report,
 )
+from textdistill.training.history import read_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LABELS = ["sports", "finance", "tech"]
@@ -47,12 +47,16 @@ def _summary(name: str, kind: str, **overrides) -> ModelSummary:
     return ModelSummary(**values)
 
 
-HISTORY = [
-    {"step": 10, "epoch": 0, "loss": 1.2, "lr": 0.001},
-    {"step": 20, "epoch": 0, "loss": 0.9, "lr": 0.001},
-    {"step": 20, "split": "dev", "loss": 0.95, "macro_f1": 0.61, "accuracy": 0.7},
-    {"step": 30, "epoch": 1, "loss": 0.6, "lr": 0.0005},
-    {"step": 40, "split": "dev", "loss": 0.7, "macro_f1": 0.74, "accuracy": 0.8},
+HISTORY = [  # what fit() writes (textdistill.training.history)
+    {"stage": "soft", "step": 10, "epoch": 0, "loss": 1.2, "lr": 0.001},
+    {"stage": "soft", "step": 20, "epoch": 0, "loss": 0.9, "lr": 0.001},
+    {
+        "stage": "distill-soft",
+        "step": 20,
+        "eval": {"loss": 0.95, "macro_f1": 0.61, "accuracy": 0.7},
+    },
+    {"stage": "soft", "step": 30, "epoch": 1, "loss": 0.6, "lr": 0.0005},
+    {"stage": "soft", "step": 40, "eval": {"loss": 0.7, "macro_f1": 0.74, "accuracy": 0.8}},
 ]
 
 
@@ -287,13 +291,13 @@ def test_history_series():
     assert train == [(10, 1.2), (20, 0.9), (30, 0.6)]  # the dev loss is not a train loss
     assert dev["macro_f1"] == [(20, 0.61), (40, 0.74)]
     assert dev["loss"] == [(20, 0.95), (40, 0.7)]
-    nested = [
-        {"global_step": 5, "train_loss": 2.0, "dev": {"accuracy": 0.5}},
-        {"train/loss": 1.5},
-        {"eval_macro_f1": float("nan")},
+    odd = [
+        {"step": 5, "eval": {"accuracy": 0.5, "macro_f1": float("nan")}},
+        {"loss": 1.5},  # no step: left out
+        {"step": 6, "loss": float("inf")},
     ]
-    train, dev = history_series(nested)
-    assert train == [(5, 2.0), (2, 1.5)]  # no step: the record's position
+    train, dev = history_series(odd)
+    assert train == []
     assert dev == {"accuracy": [(5, 0.5)]}  # NaN dropped
 
 
@@ -310,9 +314,9 @@ def test_training_curves(summaries):
 
 def test_load_history(tmp_path, caplog):
     path = tmp_path / "metrics.jsonl"
-    assert load_history(path) == []
+    assert read_history(path) == []
     path.write_text('{"step": 1, "loss": 2.0}\n\n[1, 2]\n{"step": 2, "lo', encoding="utf-8")
-    assert load_history(path) == [{"step": 1, "loss": 2.0}]
+    assert read_history(path) == [{"step": 1, "loss": 2.0}]
     assert "metrics.jsonl:3" in caplog.text and "metrics.jsonl:4" in caplog.text
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from textdistill import sample
-from textdistill.data import Split, load_corpus
-from textdistill.errors import UserError
-from textdistill.io import read_json
+from textdistill.core.errors import UserError
+from textdistill.core.io import read_json
+from textdistill.data import sample
+from textdistill.data.corpus import Split, load_corpus
 
 MakeSdist = Callable[..., Path]
 

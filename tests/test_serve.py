@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,17 +21,15 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("onnxruntime")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from launch import free_port  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from textdistill.cli import app as cli_app  # noqa: E402
-from textdistill.efficiency import size_on_disk_mb  # noqa: E402
-from textdistill.errors import UserError  # noqa: E402
-from textdistill.export import export_model  # noqa: E402
-from textdistill.folders import read_meta, save_student  # noqa: E402
-from textdistill.models.students import build_student  # noqa: E402
-from textdistill.predict import Classifier, load  # noqa: E402
-from textdistill.serve import (  # noqa: E402
+from textdistill.core.errors import UserError  # noqa: E402
+from textdistill.data.tokenization import build_tokenizer  # noqa: E402
+from textdistill.deploy.export import export_model  # noqa: E402
+from textdistill.deploy.serve import (  # noqa: E402
     ENV_MODEL,
     ENV_SETTINGS,
     ClassifyResponse,
@@ -41,7 +38,14 @@ from textdistill.serve import (  # noqa: E402
     create_app_from_env,
     worker_threads,
 )
-from textdistill.tokenization import build_tokenizer  # noqa: E402
+from textdistill.inference.classifier import Classifier  # noqa: E402
+from textdistill.inference.load import load  # noqa: E402
+from textdistill.models.folders import (  # noqa: E402
+    read_meta,
+    save_student,
+    size_on_disk_mb,
+)
+from textdistill.models.students import build_student  # noqa: E402
 
 CLASSES = ["sports", "finance", "game"]
 CORPUS = ["球队比赛冠军进球联赛", "银行基金利率投资理财", "游戏玩家网游副本公测", "新闻今日消息"]
@@ -195,7 +199,7 @@ def test_model_info_of_an_onnx_export(onnx_dir: Path, student_dir: Path) -> None
 def test_an_ensemble_of_a_student_and_an_onnx_export_is_served(
     tmp_path: Path, onnx_dir: Path, student_dir: Path
 ) -> None:
-    from textdistill.ensemble import make_ensemble
+    from textdistill.models.ensemble import make_ensemble
 
     ens = make_ensemble([student_dir, onnx_dir], tmp_path / "ensemble")
     with TestClient(create_app(ens)) as client:
@@ -455,15 +459,9 @@ def test_cli_serve_rejects_bad_options(student_dir: Path, args: list[str], messa
     assert message in " ".join(result.output.split())
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_real_server_process(onnx_dir: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_file = tmp_path / "server.log"
     cmd = [sys.executable, "-m", "textdistill", "serve", "--model", str(onnx_dir)]

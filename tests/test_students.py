@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from textdistill.errors import UserError
+from textdistill.core.errors import UserError
 from textdistill.models.output import ClassifierOutput
 from textdistill.models.students import (
     BILSTM_PRESETS,
     STUDENTS,
     TEXTCNN_PRESETS,
     BiLSTMStudent,
+    StudentArch,
+    StudentModel,
     StudentSpecError,
     TextCNNStudent,
     build_student,
     build_student_from_config,
     init_embeddings_from_teacher,
+    student_arch,
+    student_options,
 )
 
 VOCAB, LABELS, PAD = 50, 4, 0
@@ -218,8 +225,71 @@ def test_rebuild_from_config_errors() -> None:
 
 
 def test_students_registry() -> None:
-    assert STUDENTS["bilstm"] == (BiLSTMStudent, BILSTM_PRESETS)
-    assert STUDENTS["textcnn"] == (TextCNNStudent, TEXTCNN_PRESETS)
+    assert STUDENTS["bilstm"] == StudentArch(BiLSTMStudent, BILSTM_PRESETS, "small")
+    assert STUDENTS["textcnn"] == StudentArch(TextCNNStudent, TEXTCNN_PRESETS, "default")
+    assert student_options("textcnn") == ["embed_dim", "num_filters", "filter_sizes", "dropout"]
+    with pytest.raises(StudentSpecError, match="valid: bilstm, textcnn"):
+        student_arch("gru")
+
+
+class BagStudent(StudentModel):
+    """A bag of embeddings: the smallest student that honours the contract."""
+
+    def __init__(self, vocab_size: int, num_labels: int, embed_dim: int = 8, pad_id: int = 0):
+        super().__init__()
+        self.config = {
+            "arch": "bag",
+            "vocab_size": vocab_size,
+            "num_labels": num_labels,
+            "embed_dim": embed_dim,
+            "pad_id": pad_id,
+        }
+        self.hidden_size = embed_dim
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+        self.classifier = nn.Linear(embed_dim, num_labels)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> ClassifierOutput:
+        mask = attention_mask.unsqueeze(-1).float()  # (B, T, 1)
+        hidden = (self.embedding(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, E)
+        return ClassifierOutput(logits=self.classifier(hidden), hidden=hidden)
+
+
+def test_a_new_student_is_one_class_and_one_registry_entry(
+    tmp_path: Path,
+    tiny_corpus: Path,
+    tiny_teacher: Path,
+    make_tiny_config: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Registering a class in STUDENTS is all distill, folders, load and export need."""
+    from textdistill.data.corpus import load_corpus
+    from textdistill.deploy.export import export_model
+    from textdistill.distill.run import distill
+    from textdistill.inference.load import load
+
+    bag = StudentArch(BagStudent, {"tiny": {"embed_dim": 8}}, "tiny")
+    monkeypatch.setitem(STUDENTS, "bag", bag)
+    cfg = make_tiny_config(
+        tiny_corpus,
+        **{
+            "student.arch": "bag",
+            "student.preset": "tiny",
+            "student.options": {"embed_dim": 12},
+            "student.init_embeddings": "teacher",
+            "distill.mode": "hidden",
+            "distill.teachers": [str(tiny_teacher)],
+        },
+    )
+    out = tmp_path / "bag"
+    distill(cfg, load_corpus(tiny_corpus), out)
+    clf = load(out)
+    arch = clf.meta["architecture"]
+    assert arch == {**BagStudent(5, 3, 12).config, "vocab_size": arch["vocab_size"]}
+    (pred,) = clf.predict("球队比赛")
+    assert pred.label in clf.label_names
+    onnx = load(export_model(out, tmp_path / "bag-onnx").out)
+    texts = ["球队比赛", "银行"]
+    np.testing.assert_allclose(onnx.logits(texts), clf.logits(texts), atol=1e-4)
 
 
 # ---------------------------------------------------------------- training behaviour

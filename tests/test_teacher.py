@@ -31,13 +31,16 @@ from transformers import (
 )
 from typer.testing import CliRunner, Result
 
-from textdistill import teacher_train
 from textdistill.cli import app
-from textdistill.config import Config, load_config
-from textdistill.data import load_corpus
-from textdistill.errors import UserError
-from textdistill.folders import count_parameters, folder_fingerprint, load_model
-from textdistill.io import dir_size_bytes
+from textdistill.core.config import Config, load_config
+from textdistill.core.errors import UserError
+from textdistill.core.io import dir_size_bytes
+from textdistill.data.corpus import load_corpus
+from textdistill.data.tokenization import build_tokenizer
+from textdistill.distill import teacher_train
+from textdistill.distill.teacher_train import IGNORE_INDEX, MlmCollate
+from textdistill.inference.load import load
+from textdistill.models.folders import count_parameters, folder_fingerprint, load_model
 from textdistill.models.output import ClassifierOutput
 from textdistill.models.teacher import (
     SCRATCH_PRESETS,
@@ -45,9 +48,6 @@ from textdistill.models.teacher import (
     label_maps,
     scratch_bert_config,
 )
-from textdistill.predict import load
-from textdistill.teacher_train import IGNORE_INDEX, MlmCollate
-from textdistill.tokenization import build_tokenizer
 
 CLASSES = ["sports", "finance", "game"]
 
@@ -408,8 +408,8 @@ def test_train_from_scratch_end_to_end(tmp_path: Path, corpus: Path) -> None:
     # look like an export's).
     from fastapi.testclient import TestClient
 
-    from textdistill.export import export_model
-    from textdistill.serve import create_app
+    from textdistill.deploy.export import export_model
+    from textdistill.deploy.serve import create_app
 
     with TestClient(create_app(out)) as client:
         assert client.get("/v1/model").json()["kind"] == "teacher"
@@ -432,7 +432,7 @@ def test_mlm_pretraining_changes_the_encoder(tmp_path: Path, corpus: Path) -> No
             },
         }
     )
-    from textdistill.workspace import open_corpus
+    from textdistill.data.splits import open_corpus
 
     result = teacher_train.train_teacher(cfg, open_corpus(cfg), tmp_path / "teacher")
 

@@ -8,18 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from textdistill import tokenization
-from textdistill.errors import UserError
-from textdistill.tokenization import (
+from textdistill.core import paths
+from textdistill.core.errors import UserError
+from textdistill.core.io import texts_sha256
+from textdistill.data import tokenization
+from textdistill.data.tokenization import (
     Encoded,
     build_tokenizer,
-    cache_home,
     encode,
     encode_cache_path,
     encode_cached,
     load_tokenizer,
     pretrained_vocab_size,
-    texts_sha256,
     tokenizer_fingerprint,
 )
 
@@ -247,7 +247,7 @@ def test_encode_cache_hit_and_misses(tok, tmp_path, counting_encode, caplog):
     texts = CORPUS
     first = encode_cached(tok, texts, 16, cache_dir=tmp_path)
     assert len(counting_encode) == 1
-    with caplog.at_level(logging.DEBUG, logger="textdistill.tokenization"):
+    with caplog.at_level(logging.DEBUG, logger="textdistill.data.tokenization"):
         again = encode_cached(tok, texts, 16, cache_dir=tmp_path)
     assert len(counting_encode) == 1
     assert "encode cache hit" in caplog.text
@@ -285,7 +285,7 @@ def test_encode_cache_explicit_key_replaces_text_hash(tok, tmp_path, counting_en
 
 def test_encode_cache_default_folder_follows_textdistill_home(tok, tmp_path, monkeypatch):
     monkeypatch.setenv("TEXTDISTILL_HOME", str(tmp_path / "home"))
-    assert cache_home() == tmp_path / "home"
+    assert paths.textdistill_home() == tmp_path / "home"
     encode_cached(tok, CORPUS, 16, cache_dir=None)
     path = encode_cache_path(tok, CORPUS, 16)
     assert path.parent == tmp_path / "home" / "encoded"

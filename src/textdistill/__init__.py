@@ -11,13 +11,18 @@ __version__ = "0.1.0"
 __all__ = ["Classifier", "Prediction", "__version__", "load"]
 
 if TYPE_CHECKING:
-    from textdistill.predict import Classifier, Prediction, load
+    from textdistill.inference.classifier import Classifier, Prediction
+    from textdistill.inference.load import load
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import textdistill` (and `textdistill --help`) does not import torch.
-    if name in ("Classifier", "Prediction", "load"):
-        from textdistill import predict
+    if name in ("Classifier", "Prediction"):
+        from textdistill.inference import classifier
 
-        return getattr(predict, name)
+        return getattr(classifier, name)
+    if name == "load":
+        from textdistill.inference.load import load
+
+        return load
     raise AttributeError(name)

@@ -20,23 +20,26 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from textdistill import distributed
-from textdistill.config import (
+from textdistill.core import distributed
+from textdistill.core.config import (
+    OUTPUT_ONLY,
     Config,
     PipelineEnsemble,
     PipelineStudent,
     apply_overrides,
     load_config,
 )
-from textdistill.data import Corpus, Split
-from textdistill.distill import distill, preset_for
-from textdistill.ensemble import ensemble_fingerprint, is_ensemble, make_ensemble
-from textdistill.errors import UserError
-from textdistill.evaluate import compare_models
-from textdistill.folders import META_FILE, read_meta
-from textdistill.io import files_sha256, read_json, write_json
-from textdistill.teacher_train import train_teacher
-from textdistill.workspace import open_corpus, work_dir_for
+from textdistill.core.errors import UserError
+from textdistill.core.io import files_sha256, read_json, write_json
+from textdistill.core.paths import work_dir_for
+from textdistill.data.corpus import Corpus, Split
+from textdistill.data.splits import open_corpus
+from textdistill.distill.losses import mode_spec
+from textdistill.distill.run import distill, distill_mode, preset_for
+from textdistill.distill.teacher_train import train_teacher
+from textdistill.evaluation.evaluate import compare_models
+from textdistill.models.ensemble import ensemble_fingerprint, is_ensemble, make_ensemble
+from textdistill.models.folders import META_FILE, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,6 @@ STAGE_FILE = "stage.json"
 key of the inputs it was (or is being) built from."""
 TEACHER_STAGE = "teacher"
 # Training settings that change how a run reports progress or recovers, not what it makes.
-_OUTPUT_ONLY = ("resume", "progress", "checkpoint_every", "log_every")
 _TRAIN_SECTIONS = (("teacher", "train"), ("teacher", "mlm"), ("student", "train"))
 
 
@@ -79,7 +81,8 @@ def _key_config(cfg: Config, *sections: str) -> dict[str, Any]:
     """The config sections a stage depends on, without what cannot change its output.
 
     The data folder's location is left out (its files' hash is part of every key, so a moved
-    folder is the same data) and so are the training settings in :data:`_OUTPUT_ONLY`.
+    folder is the same data) and so are the training settings in
+    :data:`~textdistill.core.config.OUTPUT_ONLY`.
     """
     c = cfg.to_dict()
     out = {name: copy.deepcopy(c[name]) for name in sections}
@@ -87,7 +90,7 @@ def _key_config(cfg: Config, *sections: str) -> dict[str, Any]:
         out["data"].pop("dir", None)
     for section, train in _TRAIN_SECTIONS:
         if section in out:
-            for key in _OUTPUT_ONLY:
+            for key in OUTPUT_ONLY:
                 out[section][train].pop(key, None)
     return out
 
@@ -188,8 +191,13 @@ def check_pipeline(cfg: Config) -> None:
                 f"{len(ens.members)} members"
             )
     known = {TEACHER_STAGE}
-    for entry in cfg.pipeline.students:
+    for i, entry in enumerate(cfg.pipeline.students):
         name = entry.name
+        try:
+            mode_spec(entry.mode or cfg.distill.mode)
+        except ValueError as err:
+            where = f"pipeline.students.{i}.mode" if entry.mode else "distill.mode"
+            raise UserError(f"{where} (student {name!r}): {err}") from None
         if not entry.teachers:
             raise UserError(f"pipeline student {name!r}: give at least one teacher stage")
         for t in entry.teachers:
@@ -250,7 +258,7 @@ def _train_students(
             for t in names
         ]
         scfg = student_config(cfg, entry, teachers)
-        if scfg.distill.mode == "none":
+        if not distill_mode(scfg).needs_teacher:
             # The baseline twin learns from gold labels only but shares the first
             # teacher's tokenizer, so it sees exactly the distilled students' input ids.
             names, teachers = names[:1], teachers[:1]

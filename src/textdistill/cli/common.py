@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from textdistill.config import Config, ConfigError, apply_overrides, load_config
+from textdistill.core.config import Config, ConfigError, apply_overrides, load_config
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,7 +32,7 @@ def setup_logging(verbose: bool = False) -> None:
     The other processes log warnings and errors only and print no results, so a run on N
     processes reads like a run on one.
     """
-    from textdistill.distributed import launched_rank
+    from textdistill.core.distributed import launched_rank
 
     main = launched_rank() == 0
     root = logging.getLogger("textdistill")
@@ -79,7 +79,7 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from textdistill.errors import UserError
+        from textdistill.core.errors import UserError
 
         try:
             return fn(*args, **kwargs)

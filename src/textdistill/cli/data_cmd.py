@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from textdistill.cli.common import VerboseOpt, console, setup_logging, user_errors
-from textdistill.data import CheckReport, check_corpus, load_corpus
-from textdistill.sample import SAMPLES, fetch
+from textdistill.data.corpus import CheckReport, check_corpus, load_corpus
+from textdistill.data.sample import SAMPLES, fetch
 
 app = typer.Typer(help="Fetch the built-in sample and check data folders.", no_args_is_help=True)
 

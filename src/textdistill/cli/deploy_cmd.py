@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from textdistill.cli.common import VerboseOpt, console, setup_logging, user_errors
-from textdistill.errors import UserError
+from textdistill.core.errors import UserError
 
 
 def _size_line(before_mb: float, after_mb: float, note: str = "") -> str:
@@ -32,7 +32,7 @@ def export(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Export a model for deployment (ONNX, int8); the folder works with predict/evaluate/serve."""
-    from textdistill.export import export_model
+    from textdistill.deploy.export import export_model
 
     setup_logging(verbose)
     if quantize is not None and quantize.lower() in ("none", "fp32"):
@@ -99,7 +99,7 @@ def serve(
     """Serve a model over HTTP: POST /v1/classify, GET /healthz, /v1/model, docs at /docs."""
     from pydantic import ValidationError
 
-    from textdistill.serve import ServeSettings, run_server
+    from textdistill.deploy.serve import ServeSettings, run_server
 
     setup_logging(verbose)
     try:

@@ -88,10 +88,10 @@ def distill(
 
     Without --max-len the student reads as many tokens as its teacher did.
     """
-    from textdistill.config import load_config
-    from textdistill.distill import distill as run_distill
-    from textdistill.distill import preset_for
-    from textdistill.workspace import open_corpus
+    from textdistill.core.config import load_config
+    from textdistill.data.splits import open_corpus
+    from textdistill.distill.run import distill as run_distill
+    from textdistill.distill.run import preset_for
 
     setup_logging(verbose)
     if student is not None and preset is None:
@@ -117,9 +117,9 @@ def distill(
             "student.arch": student,
             "student.preset": preset,
             "student.init_embeddings": init_embeddings,
-            "student.embed_dim": embed_dim,
-            "student.hidden_dim": hidden_dim,
-            "student.num_filters": num_filters,
+            "student.options.embed_dim": embed_dim,
+            "student.options.hidden_dim": hidden_dim,
+            "student.options.num_filters": num_filters,
             "tokenizer.max_len": max_len,
             **train_overrides(
                 "student.train",

@@ -30,8 +30,8 @@ def ensemble(
     The folder stores no weights, only the members' paths and fingerprints: it stops
     loading (with a clear message) when a member is moved away or retrained.
     """
-    from textdistill.ensemble import make_ensemble
-    from textdistill.folders import read_meta
+    from textdistill.models.ensemble import make_ensemble
+    from textdistill.models.folders import read_meta
 
     setup_logging(verbose)
     path = make_ensemble(member, out, weights=weight or None, combine=combine)

@@ -42,7 +42,7 @@ def run(
 
     Stages whose inputs are unchanged since the last run are skipped.
     """
-    from textdistill.config import apply_overrides, load_config
+    from textdistill.core.config import apply_overrides, load_config
     from textdistill.pipeline import run_pipeline
 
     setup_logging(verbose)
@@ -63,7 +63,7 @@ def demo(
     BiLSTM students in modes none, hard, soft and hidden, and compares them on the test
     split. Running it again skips finished stages.
     """
-    from textdistill.config import apply_overrides
+    from textdistill.core.config import apply_overrides
     from textdistill.pipeline import demo_config, run_pipeline
 
     setup_logging(verbose)

@@ -58,8 +58,8 @@ def train(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Fine-tune a checkpoint (--model) or train a BERT from scratch (--scratch PRESET)."""
-    from textdistill.teacher_train import train_teacher
-    from textdistill.workspace import open_corpus
+    from textdistill.data.splits import open_corpus
+    from textdistill.distill.teacher_train import train_teacher
 
     setup_logging(verbose)
     cfg = resolve_config(
@@ -120,10 +120,10 @@ def cache(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Run the teacher(s) once over the transfer set and cache logits and pooled vectors."""
-    from textdistill.cache import build_soft_targets
-    from textdistill.data import read_texts
-    from textdistill.ensemble import expand_teachers
-    from textdistill.workspace import open_corpus
+    from textdistill.data.corpus import read_texts
+    from textdistill.data.splits import open_corpus
+    from textdistill.distill.cache import build_soft_targets
+    from textdistill.distill.teachers import expand_teachers
 
     setup_logging(verbose)
     cfg = resolve_config(

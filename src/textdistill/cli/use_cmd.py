@@ -18,9 +18,9 @@ from textdistill.cli.common import (
     setup_logging,
     user_errors,
 )
-from textdistill.config import Config
-from textdistill.data import Corpus, Split
-from textdistill.errors import UserError
+from textdistill.core.config import Config
+from textdistill.core.errors import UserError
+from textdistill.data.corpus import Corpus, Split
 
 SplitOpt = typer.Option("test", "--split", "-s", help="Split to evaluate on.")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for latency measurements.")
@@ -29,7 +29,7 @@ ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for latency measu
 def _split(
     data: Path | None, config: Path | None, split: str, threads: int | None
 ) -> tuple[Config, Corpus, Split]:
-    from textdistill.workspace import open_corpus
+    from textdistill.data.splits import open_corpus
 
     cfg = resolve_config(config, {"data.dir": str(data) if data else None, "eval.threads": threads})
     corpus = open_corpus(cfg, also=[split])
@@ -55,9 +55,9 @@ def evaluate(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Accuracy, P/R/F1, per-class report, confusion matrix, teacher agreement, speed."""
-    from textdistill.evaluate import evaluate_model, save_evaluation
-    from textdistill.metrics import format_report
-    from textdistill.predict import load
+    from textdistill.evaluation.evaluate import evaluate_model, save_evaluation
+    from textdistill.evaluation.metrics import format_report
+    from textdistill.inference.load import load
 
     setup_logging(verbose)
     cfg, corpus, sp = _split(data, config, split, threads)
@@ -99,7 +99,7 @@ def compare(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Evaluate several models the same way; write a Markdown/JSON table and PNG plots."""
-    from textdistill.evaluate import compare_models
+    from textdistill.evaluation.evaluate import compare_models
 
     setup_logging(verbose)
     cfg, corpus, sp = _split(data, config, split, threads)
@@ -140,7 +140,7 @@ def predict(
 
     Every input line gets one result, in order; an empty line gets no label and a reason.
     """
-    from textdistill.predict import load
+    from textdistill.inference.load import load
 
     setup_logging(verbose)
     if fmt not in ("table", "json", "jsonl"):

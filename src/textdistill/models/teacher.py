@@ -28,7 +28,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from textdistill.errors import UserError
+from textdistill.core.errors import UserError
 from textdistill.models.output import ClassifierOutput
 
 # layers, hidden, heads, intermediate

@@ -1,0 +1,368 @@
+"""Distillation: train a student from cached teacher soft targets on the shared loop.
+
+Modes differ only in the loss (:func:`textdistill.distill.losses.distillation_loss`):
+``none`` (gold labels, no teacher: the baseline twin), ``hard`` (teacher argmax),
+``soft`` (temperature-scaled KL + cross-entropy), ``hidden`` (soft + sentence-vector
+matching through a learned projection).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from textdistill.core import distributed
+from textdistill.core.config import Config
+from textdistill.core.errors import UserError
+from textdistill.core.io import read_json
+from textdistill.core.paths import work_dir_for
+from textdistill.data.batching import TextDataset, make_collate
+from textdistill.data.corpus import Corpus, read_texts
+from textdistill.data.splits import TrainingData, prepare_training_data
+from textdistill.data.tokenization import build_tokenizer, encode_cached, load_tokenizer
+from textdistill.distill.augment import augment_texts
+from textdistill.distill.cache import SoftTargets, build_soft_targets
+from textdistill.distill.losses import (
+    LossOutput,
+    ModeSpec,
+    distillation_loss,
+    make_projection,
+    mode_spec,
+    temperature_at,
+)
+from textdistill.distill.teachers import expand_teachers
+from textdistill.models.folders import load_model, read_meta, save_student
+from textdistill.models.students import (
+    StudentModel,
+    build_student,
+    init_embeddings_from_teacher,
+    student_arch,
+)
+from textdistill.models.teacher import TeacherModel
+from textdistill.training.loop import fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudentResult:
+    path: Path
+    meta: dict[str, Any]
+
+
+@dataclass
+class TransferSet:
+    """The rows a student learns from: labelled training rows, then unlabeled texts."""
+
+    texts: list[str]
+    labels: list[int]  # -1 where there is no gold label
+
+    @property
+    def n_labelled(self) -> int:
+        return sum(1 for y in self.labels if y >= 0)
+
+
+def distill_mode(cfg: Config) -> ModeSpec:
+    """The spec of ``cfg.distill.mode``; a :class:`UserError` naming the valid modes."""
+    try:
+        return mode_spec(cfg.distill.mode)
+    except ValueError as err:
+        raise UserError(f"distill.mode: {err}") from None
+
+
+def transfer_set(cfg: Config, data: TrainingData) -> TransferSet:
+    """Labelled train rows, then unlabeled texts, then augmented copies of both.
+
+    Mode ``none`` has no teacher to label anything else, so it gets the labelled rows only.
+    """
+    d = cfg.distill
+    texts = list(data.train.texts)
+    labels = list(data.train.labels)
+    if distill_mode(cfg).uses_unlabeled:
+        extra = list(data.unlabeled_texts)
+        for f in d.extra:
+            extra.extend(read_texts(f))
+        extra += augment_texts(
+            texts + extra,
+            d.augment_copies,
+            seed=d.augment_seed,
+            mask_prob=d.augment_mask_prob,
+            ngram_prob=d.augment_ngram_prob,
+        )
+        texts += extra
+        labels += [-1] * len(extra)
+    return TransferSet(texts, labels)
+
+
+def _student_tokenizer(
+    cfg: Config, teachers: list[str], data: TrainingData
+) -> PreTrainedTokenizerBase:
+    # Students share the (first) teacher's tokenizer, so one encoding serves both and the
+    # `none` twin sees exactly the same input ids as the distilled students.
+    if teachers:
+        return load_tokenizer(teachers[0])
+    return build_tokenizer(
+        data.train.texts + data.unlabeled_texts,
+        vocab_size=cfg.tokenizer.vocab_size,
+        min_frequency=cfg.tokenizer.min_frequency,
+        lowercase=cfg.tokenizer.lowercase,
+    )
+
+
+def default_preset(arch: str) -> str:
+    """The preset a student architecture uses when none is chosen.
+
+    Raises:
+        UserError: unknown architecture (the message lists the valid ones).
+    """
+    return student_arch(arch).default_preset
+
+
+def preset_for(arch: str, configured_arch: str, configured_preset: str) -> str:
+    """The preset of ``arch`` when the configuration was written for ``configured_arch``.
+
+    A preset names a size of one architecture (bilstm ``small``, textcnn ``default``), so
+    switching the architecture without naming a preset takes the new one's default instead
+    of failing on the old one's preset name.
+    """
+    return configured_preset if arch == configured_arch else default_preset(arch)
+
+
+def _check_teachers(cfg: Config, teachers: list[str], label_names: list[str]) -> None:
+    """Fail before any work on a mode without a teacher, a teacher of other classes or
+    ensemble weights that do not match the teachers."""
+    mode = cfg.distill.mode
+    if distill_mode(cfg).needs_teacher and not teachers:
+        raise UserError(
+            f"--mode {mode} needs a teacher (--teacher DIR); only --mode none trains without one"
+        )
+    weights = cfg.distill.teacher_weights
+    if weights is not None and len(weights) != len(teachers):
+        raise UserError(
+            f"{len(weights)} teacher weight(s) for {len(teachers)} teacher(s); give one "
+            "--teacher-weight per --teacher"
+        )
+    for t in teachers:
+        read_meta(t)  # a clear error for a missing or foreign folder
+        theirs = _label_names(Path(t))
+        if theirs != label_names:
+            raise UserError(
+                f"{t}: the teacher's classes {theirs} differ from the data's {label_names}; "
+                "distill on the data the teacher was trained for"
+            )
+
+
+def _label_names(folder: Path) -> list[str]:
+    path = folder / "labels.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: no labels.json; not a complete model folder")
+    names = read_json(path)
+    return [str(n) for n in names]
+
+
+def _check_mode(cfg: Config, targets: SoftTargets | None) -> None:
+    mode = cfg.distill.mode
+    spec = distill_mode(cfg)
+    if not spec.needs_teacher:
+        return
+    if targets is None:
+        raise UserError(f"--mode {mode} needs a teacher (--teacher DIR)")
+    if spec.needs_pooled and targets.pooled is None:
+        raise UserError(
+            f"--mode {mode} needs the teacher's pooled vectors, but the soft-target cache has "
+            "none and the teacher cannot produce them; use --mode soft, or a teacher whose "
+            "folder yields a sentence vector"
+        )
+
+
+def _teacher_fingerprints(teachers: list[str]) -> list[str]:
+    return [str(read_meta(t).get("fingerprint", "")) for t in teachers]
+
+
+def _student_max_len(cfg: Config, teachers: list[str], max_len: int | None) -> int:
+    # The teacher's length by default: its soft targets were computed on texts cut there,
+    # and a student that sees more (or less) of a text learns a slightly different target.
+    if max_len is not None:
+        if max_len < 4:
+            raise UserError(f"max_len must be at least 4, got {max_len}")
+        return max_len
+    if teachers:
+        return int(read_meta(teachers[0]).get("max_len", cfg.tokenizer.max_len))
+    return cfg.tokenizer.max_len
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Draw initial weights from ``seed`` (the same seed gives the same student) without
+    disturbing the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _new_student(cfg: Config, tokenizer: PreTrainedTokenizerBase, num_labels: int) -> StudentModel:
+    s = cfg.student
+    return build_student(
+        s.arch,
+        s.preset,
+        vocab_size=len(tokenizer),
+        num_labels=num_labels,
+        pad_id=int(tokenizer.pad_token_id or 0),
+        **s.options,
+    )
+
+
+def distill(
+    cfg: Config,
+    corpus: Corpus,
+    out: str | Path,
+    *,
+    stage_key: str | None = None,
+    max_len: int | None = None,
+) -> StudentResult:
+    """Train a student as ``cfg.distill`` says and write its folder to ``out``.
+
+    ``stage_key`` (from the pipeline) is stored in the folder's metadata. ``max_len``: tokens
+    per text for the student; by default the (first) teacher's, without a teacher
+    ``cfg.tokenizer.max_len``.
+
+    Raises:
+        UserError: a mode that needs a teacher without one, a teacher trained on other
+            classes, an unknown student architecture or preset, mode ``hidden`` without
+            teacher sentence vectors.
+    """
+    out = Path(out)
+    work = work_dir_for(out)
+    cfg = expand_teachers(cfg)
+    d, s = cfg.distill, cfg.student
+    teachers = list(d.teachers)
+    _check_teachers(cfg, teachers, corpus.label_names)
+    num_labels = len(corpus.label_names)
+    data = prepare_training_data(cfg, corpus)
+    tokenizer = _student_tokenizer(cfg, teachers, data)
+    # Built before the teacher runs, so a wrong architecture or size fails at once.
+    with _seeded(s.train.seed):
+        student = _new_student(cfg, tokenizer, num_labels)
+    if s.init_embeddings == "teacher":
+        _init_from_teacher(student, teachers)
+    transfer = transfer_set(cfg, data)
+    spec = distill_mode(cfg)
+    if not spec.uses_unlabeled and d.extra:
+        log.warning("mode %s learns from gold labels only; the --extra texts are not used", d.mode)
+    max_len = _student_max_len(cfg, teachers, max_len)
+
+    targets = None
+    if spec.needs_teacher:
+        targets = build_soft_targets(
+            teachers,
+            transfer.texts,
+            weights=d.teacher_weights,
+            ensemble=d.ensemble,
+            with_pooled=spec.needs_pooled,
+            batch_size=d.cache_batch_size,
+            progress=s.train.progress,
+        )
+    _check_mode(cfg, targets)
+
+    enc = encode_cached(tokenizer, transfer.texts, max_len, cache_dir=None)
+    train_ds = TextDataset(
+        enc,
+        np.asarray(transfer.labels),
+        teacher_logits=targets.logits if targets is not None else None,
+        teacher_hidden=targets.pooled if (targets is not None and spec.needs_pooled) else None,
+    )
+    dev_ds = TextDataset(
+        encode_cached(tokenizer, data.select.texts, max_len, cache_dir=None), data.select.labels
+    )
+    proj = None
+    if spec.needs_projection:
+        assert targets is not None and targets.pooled is not None
+        student_width = student.hidden_size
+        with _seeded(s.train.seed + 1):
+            proj = make_projection(student_width, int(targets.pooled.shape[1]))
+
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], progress: float) -> LossOutput:
+        out_ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        # `proj` is the module fit() trains (extra_modules): moved to the device in place,
+        # so this closure and the optimizer see the same parameters.
+        return distillation_loss(
+            out_,
+            batch,
+            mode=d.mode,
+            T=temperature_at(progress, d.temperature, d.temperature_end),
+            alpha=d.alpha,
+            beta=d.beta,
+            hard_target=d.hard_target,
+            hidden_loss=d.hidden_loss,
+            proj=proj,
+        )
+
+    log.info(
+        "distilling %s/%s in mode %s on %d rows (%d labelled)",
+        s.arch,
+        s.preset,
+        d.mode,
+        len(transfer.texts),
+        transfer.n_labelled,
+    )
+    result = fit(
+        student,
+        loss_fn,
+        train_ds,
+        s.train,
+        work / "train",
+        collate_fn=make_collate(int(tokenizer.pad_token_id or 0)),
+        dev_set=dev_ds,
+        extra_modules=[proj] if proj is not None else [],
+        num_labels=num_labels,
+        stage=f"distill-{d.mode}",
+    )
+    trained = result.model
+    assert isinstance(trained, StudentModel)  # fit() returns the module it was given, unwrapped
+
+    def save() -> dict[str, Any]:
+        return save_student(
+            out,
+            trained.cpu(),
+            tokenizer,
+            corpus.label_names,
+            cfg=cfg,
+            max_len=max_len,
+            metrics=result.best_metrics,
+            history=work / "train" / "metrics.jsonl",
+            extra={
+                "mode": d.mode,
+                "teachers": [str(Path(t).resolve()) for t in teachers],
+                "teacher_fingerprint": ",".join(_teacher_fingerprints(teachers)) or None,
+                "transfer_rows": len(transfer.texts),
+                "labelled_rows": transfer.n_labelled,
+                "best_step": result.best_step,
+                "soft_targets": str(targets.path) if targets is not None else None,
+                "stage_key": stage_key,
+            },
+        )
+
+    # One writer; the other processes wait for the folder and receive its metadata.
+    meta = distributed.on_main(save)
+    if distributed.is_main_process():
+        shutil.rmtree(work, ignore_errors=True)
+    return StudentResult(path=out, meta=meta)
+
+
+def _init_from_teacher(student: StudentModel, teachers: list[str]) -> None:
+    if not teachers:
+        raise UserError("student.init_embeddings=teacher needs a teacher (--teacher DIR)")
+    loaded = load_model(teachers[0])
+    if not isinstance(loaded.model, TeacherModel):
+        raise UserError(f"{teachers[0]}: embedding initialisation needs a BERT teacher folder")
+    init_embeddings_from_teacher(student, loaded.model.word_embeddings())
