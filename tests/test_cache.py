@@ -396,6 +396,44 @@ def test_teacher_cache_command(
     assert runs.calls == 2  # one run per ensemble member, both the first time
 
 
+def test_teacher_cache_then_distill_runs_the_teacher_once(
+    tmp_path: Path, models: dict[str, Path], corpus_builder: Any, runs: RunCounter
+) -> None:
+    """The README's quick tour: `teacher cache`, then `distill` in every teacher mode."""
+    data = corpus_builder(tmp_path / "data", per_class=4)
+    teacher = tmp_path / "teacher"
+    shutil.copytree(models["a"], teacher)
+    result = CliRunner().invoke(
+        app, ["teacher", "cache", "-t", str(teacher), "-d", str(data), "-q"]
+    )
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert runs.calls == 1
+    runs.fail = True
+    for mode in ("soft", "hard", "hidden"):
+        out = tmp_path / f"student-{mode}"
+        args = ["distill", "-t", str(teacher), "-d", str(data), "--mode", mode, "--out", str(out),
+                "--embed-dim", "8", "--hidden-dim", "8", "--epochs", "1", "--batch-size", "8",
+                "-q"]  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (mode, result.output, result.exception)
+        assert "using cached soft targets" in " ".join(result.stderr.split())
+    assert len(list((teacher / "soft_targets").iterdir())) == 1
+
+
+def test_a_cache_without_pooled_vectors_is_rebuilt_for_hidden_mode(
+    tmp_path: Path, models: dict[str, Path], runs: RunCounter
+) -> None:
+    first = build_soft_targets([models["a"]], TEXTS, cache_dir=tmp_path, with_pooled=False)
+    assert first.pooled is None and runs.calls == 1
+    again = build_soft_targets([models["a"]], TEXTS, cache_dir=tmp_path, with_pooled=False)
+    assert again.path == first.path and runs.calls == 1
+    full = build_soft_targets([models["a"]], TEXTS, cache_dir=tmp_path, with_pooled=True)
+    assert full.pooled is not None and runs.calls == 2 and full.path == first.path
+    runs.fail = True  # a superset serves a run that needs only logits
+    logits_only = build_soft_targets([models["a"]], TEXTS, cache_dir=tmp_path, with_pooled=False)
+    np.testing.assert_array_equal(logits_only.logits, first.logits)
+
+
 def test_teacher_cache_command_user_errors(tmp_path: Path, corpus_builder: Any) -> None:
     data = corpus_builder(tmp_path / "data", per_class=2)
     result = CliRunner().invoke(

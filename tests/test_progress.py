@@ -28,14 +28,26 @@ def test_log_progress_writes_one_line_per_tenth_with_rate_and_time_left(
     caplog.set_level(logging.INFO, logger="textdistill.core.progress")
     bar = LogProgress(total=1000, desc="train", unit="step", clock=clock)
     for _ in range(1000):
-        clock.t += 0.01  # 100 steps/s
+        clock.t += 0.1  # 10 steps/s: a tenth every 10 s
         bar.update(1)
         bar.set_postfix(loss="0.5000")
     bar.close()
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 10  # 100, 200, ..., 1000; close adds nothing new
-    assert lines[2] == "train: 300/1,000 step (30%), 100.0 step/s, 0:00:07 left, loss=0.5000"
-    assert lines[-1] == "train: 1,000/1,000 step (100%), 100.0 step/s, 0:00:10 in all, loss=0.5000"
+    assert lines[2] == "train: 300/1,000 step (30%), 10.0 step/s, 0:01:10 left, loss=0.5000"
+    assert lines[-1] == "train: 1,000/1,000 step (100%), 10.0 step/s, 0:01:40 in all, loss=0.5000"
+
+
+def test_a_fast_job_writes_only_its_closing_line(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    caplog.set_level(logging.INFO, logger="textdistill.core.progress")
+    with LogProgress(total=9, desc="teacher", unit="batch", clock=clock) as bar:
+        for _ in range(9):
+            clock.t += 0.01
+            bar.update(1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "teacher: 9/9 batch (100%), 100.0 batch/s, 0:00:00 in all"
+    ]
 
 
 def test_log_progress_time_rule_bounds_the_gap_between_lines(
@@ -48,7 +60,7 @@ def test_log_progress_time_rule_bounds_the_gap_between_lines(
         clock.t += 5
         bar.update(1)
     assert bar.lines == 4  # at 60, 120, 180, 240 s
-    assert "50/10,000 batch (0%), 0.2 batch/s" in bar.line()
+    assert "50/10,000 batch (0%), 0.20 batch/s" in bar.line()
 
 
 def test_log_progress_counts_from_a_resumed_position_and_flushes_the_tail(
@@ -74,7 +86,7 @@ def test_log_progress_over_an_iterable_and_without_total(caplog: pytest.LogCaptu
     caplog.clear()
     gen = LogProgress((i for i in range(3)), desc="gen", clock=clock)
     assert list(gen) == [0, 1, 2]
-    assert [r.getMessage() for r in caplog.records] == ["gen: 3 it, 0 it/s"]
+    assert [r.getMessage() for r in caplog.records] == ["gen: 3 it, 0.00 it/s"]
 
 
 def test_disabled_log_progress_writes_nothing(caplog: pytest.LogCaptureFixture) -> None:

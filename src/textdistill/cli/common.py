@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -36,6 +37,10 @@ def setup_logging(verbose: bool = False) -> None:
 
     main = launched_rank() == 0
     root = logging.getLogger("textdistill")
+    if not err_console.is_terminal:
+        # Hugging Face's own bars (weights loading, downloads) would fill a log with
+        # carriage-return redraws too; read by transformers and huggingface_hub at import.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not any(isinstance(h, RichHandler | PlainStderrHandler) for h in root.handlers):
         root.addHandler(
             RichHandler(console=err_console, show_path=False, show_time=False)
@@ -107,6 +112,11 @@ ResumeOpt = typer.Option(
     False, "--resume", help="Continue an interrupted run from its last checkpoint."
 )
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+LabelMapOpt = typer.Option(
+    None,
+    "--label-map",
+    help="File of 'teacher label<TAB>data label' lines, for teachers with other class names.",
+)
 
 
 def train_overrides(

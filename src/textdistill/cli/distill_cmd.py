@@ -11,6 +11,7 @@ from textdistill.cli.common import (
     ConfigOpt,
     DataOpt,
     EpochsOpt,
+    LabelMapOpt,
     LrOpt,
     MaxLenOpt,
     QuietOpt,
@@ -29,7 +30,11 @@ from textdistill.cli.common import (
 def distill(
     out: Path = typer.Option(..., "--out", "-o", help="Student folder to write."),
     teacher: list[Path] | None = typer.Option(
-        None, "--teacher", "-t", help="Teacher folder; repeat for ensemble distillation."
+        None,
+        "--teacher",
+        "-t",
+        help="Teacher: a textdistill or Hugging Face classifier folder (or hub id), or an "
+        "ensemble folder; repeat for ensemble distillation.",
     ),
     data: Path | None = DataOpt,
     mode: str | None = typer.Option(
@@ -80,6 +85,7 @@ def distill(
     seed: int | None = SeedOpt,
     max_len: int | None = MaxLenOpt,
     resume: bool = ResumeOpt,
+    label_map: Path | None = LabelMapOpt,
     quiet: bool = QuietOpt,
     config: Path | None = ConfigOpt,
     verbose: bool = VerboseOpt,
@@ -111,6 +117,7 @@ def distill(
             "distill.hard_target": hard_target,
             "distill.hidden_loss": hidden_loss,
             "distill.extra": [str(e) for e in extra] if extra else None,
+            "distill.label_map": str(label_map) if label_map else None,
             "distill.teacher_weights": list(teacher_weight) if teacher_weight else None,
             "distill.ensemble": ensemble,
             "distill.augment_copies": augment_copies,

@@ -1,4 +1,4 @@
-"""``textdistill teacher ...``: train a teacher and cache its soft targets."""
+"""``textdistill teacher ...``: train or import a teacher and cache its soft targets."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from textdistill.cli.common import (
     ConfigOpt,
     DataOpt,
     EpochsOpt,
+    LabelMapOpt,
     LrOpt,
     MaxLenOpt,
     QuietOpt,
@@ -24,7 +25,9 @@ from textdistill.cli.common import (
     user_errors,
 )
 
-app = typer.Typer(help="Train a teacher and cache its soft targets.", no_args_is_help=True)
+app = typer.Typer(
+    help="Train or import a teacher and cache its soft targets.", no_args_is_help=True
+)
 
 
 @app.command("train")
@@ -97,6 +100,53 @@ def train(
     )
 
 
+@app.command("import")
+@user_errors
+def import_(
+    source: str | None = typer.Argument(
+        None, help="Hugging Face classification folder or hub id (with --state-dict: the base)."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Teacher folder to write."),
+    data: Path | None = DataOpt,
+    state_dict: Path | None = typer.Option(
+        None, "--state-dict", help="A BertModel + Linear state dict (bert.*, fc.*) to load."
+    ),
+    base: str | None = typer.Option(
+        None, "--base", help="With --state-dict: the checkpoint whose architecture it fits."
+    ),
+    label_map: Path | None = LabelMapOpt,
+    max_len: int | None = MaxLenOpt,
+    config: Path | None = ConfigOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Make a teacher folder from a classifier trained elsewhere, evaluated on the data.
+
+    Its classes are matched to the data's class.txt by name (a state dict's are the data's,
+    in class.txt order); the folder then works with every command, like a trained teacher.
+    """
+    from textdistill.data.splits import open_corpus
+    from textdistill.distill.teachers import import_teacher, read_label_map
+
+    setup_logging(verbose)
+    if state_dict is not None and base is None and source is None:
+        raise typer.BadParameter("--state-dict needs --base CHECKPOINT (or a SOURCE)")
+    cfg = resolve_config(
+        config, {"data.dir": str(data) if data else None, "tokenizer.max_len": max_len}
+    )
+    meta = import_teacher(
+        base or source,
+        out,
+        cfg,
+        open_corpus(cfg),
+        label_map=read_label_map(label_map) if label_map else None,
+        state_dict=state_dict,
+    )
+    console.print(
+        f"teacher saved to [bold]{out}[/]: {meta['num_parameters']:,} parameters, "
+        f"{meta['size_mb']:.1f} MB, dev {_fmt(meta['dev_metrics'])}"
+    )
+
+
 @app.command("cache")
 @user_errors
 def cache(
@@ -107,34 +157,56 @@ def cache(
         help="Teacher folder (repeat for an ensemble, or give an ensemble folder).",
     ),
     data: Path | None = DataOpt,
-    split: str = typer.Option("train", "--split", help="Split whose texts form the transfer set."),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="Cache this split's texts instead of the distillation transfer set.",
+    ),
     extra: list[Path] | None = typer.Option(
         None, "--extra", help="Unlabeled texts (one per line) added to the transfer set."
     ),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where to store the cache."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Inference batch size."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Inference batch size (default distill.cache_batch_size)."
+    ),
     no_pooled: bool = typer.Option(False, "--no-pooled", help="Skip pooled vectors."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild even when valid."),
+    label_map: Path | None = LabelMapOpt,
     quiet: bool = QuietOpt,
     config: Path | None = ConfigOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Run the teacher(s) once over the transfer set and cache logits and pooled vectors."""
+    """Run the teacher(s) once over the transfer set and cache logits and pooled vectors.
+
+    The transfer set is the one ``distill`` builds from the same config and flags (training
+    rows, unlabeled and --extra texts, augmented copies), so a later ``distill`` with any
+    teacher mode finds this cache instead of running the teacher again.
+    """
     from textdistill.data.corpus import read_texts
-    from textdistill.data.splits import open_corpus
+    from textdistill.data.splits import open_corpus, prepare_training_data
     from textdistill.distill.cache import build_soft_targets
+    from textdistill.distill.run import transfer_set
     from textdistill.distill.teachers import expand_teachers
 
     setup_logging(verbose)
     cfg = resolve_config(
         config,
-        {"data.dir": str(data) if data else None, "distill.teachers": [str(t) for t in teacher]},
+        {
+            "data.dir": str(data) if data else None,
+            "distill.teachers": [str(t) for t in teacher],
+            "distill.extra": [str(f) for f in extra] if extra else None,
+            "distill.cache_batch_size": batch_size,
+            "distill.label_map": str(label_map) if label_map else None,
+        },
     )
-    cfg = expand_teachers(cfg)
     corpus = open_corpus(cfg)
-    texts = list(corpus.split(split).texts)
-    for f in extra or []:
-        texts += read_texts(f)
+    cfg = expand_teachers(cfg, corpus)
+    if split is not None:
+        texts = list(corpus.split(split).texts)
+        for f in cfg.distill.extra:
+            texts += read_texts(f)
+    else:
+        texts = transfer_set(cfg, prepare_training_data(cfg, corpus)).texts
     targets = build_soft_targets(
         cfg.distill.teachers,
         texts,
@@ -142,7 +214,7 @@ def cache(
         weights=cfg.distill.teacher_weights,
         ensemble=cfg.distill.ensemble,
         with_pooled=not no_pooled,
-        batch_size=batch_size,
+        batch_size=cfg.distill.cache_batch_size,
         rebuild=rebuild,
         progress=not quiet,
     )

@@ -152,6 +152,9 @@ class DistillConfig(_Section):
     hard_target: Literal["teacher", "gold"] = "teacher"
     extra: list[str] = Field(default_factory=list)
     """Unlabeled text files (one per line) added to the transfer set."""
+    label_map: str | None = None
+    """A file of 'teacher label<TAB>data label' lines for teachers whose class names differ
+    from the data's (Hugging Face checkpoints with other or generic names)."""
     cache_batch_size: int = Field(256, ge=1)
     augment_copies: int = Field(0, ge=0)
     """Perturbed copies of each transfer text, labelled by the teacher only (0: none)."""

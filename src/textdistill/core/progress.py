@@ -3,10 +3,11 @@
 In a terminal (stderr is a TTY) a tqdm bar redraws itself in place. Under ``nohup``, in CI
 or behind a pipe, the same carriage-return redraws would pile thousands of fragments into
 one log line, so there a :class:`LogProgress` writes a plain log line at a bounded rate
-instead: every ``every_fraction`` of the total (10 % by default) or every ``every_s`` seconds
-(60 s), whichever comes first, with the rate and the time left, the way Hugging Face and
-Lightning logs read in CI. Both offer the small part of tqdm's interface the loops use:
-iteration, ``update``, ``set_postfix``, ``close``, ``disable`` and use as a context manager.
+instead: every ``every_fraction`` of the total (10 % by default) or every ``every_s``
+seconds (60 s), whichever comes first (never two within 2 s), with the rate and the time
+left, the way Hugging Face and Lightning logs read in CI. Both offer the part of tqdm's
+interface the loops use: iteration, ``update``, ``set_postfix``, ``close``, ``disable``,
+and use as a context manager.
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ class LogProgress:
     """Plain progress lines at a bounded rate, for logs that are not terminals.
 
     A line is written when the count crosses the next ``every_fraction`` of ``total`` or when
-    ``every_s`` seconds passed since the last line, and once at the end (``close``), e.g.
+    ``every_s`` seconds passed since the last line, and once at the end (``close``); a tenth
+    reached less than ``min_gap_s`` after the last line waits for the next one, so a job of a
+    few seconds writes one line, not ten. E.g.
     ``train: 300/1,000 step (30%), 41.7 step/s, 0:00:16 left, loss=0.4120``. Without a
     ``total`` only the time rule applies. ``clock`` is injectable for tests.
     """
@@ -102,6 +105,7 @@ class LogProgress:
         disable: bool = False,
         every_fraction: float = 0.1,
         every_s: float = 60.0,
+        min_gap_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         log: logging.Logger = logger,
     ) -> None:
@@ -115,6 +119,7 @@ class LogProgress:
         self.disable = disable
         self.every_fraction = every_fraction
         self.every_s = every_s
+        self.min_gap_s = min_gap_s
         self.clock = clock
         self.log = log
         self.postfix: dict[str, Any] = {}
@@ -149,7 +154,8 @@ class LogProgress:
         if self.disable:
             return
         now = self.clock()
-        if self._crossed_a_step() or now - self._last_t >= self.every_s:
+        gap = now - self._last_t
+        if (self._crossed_a_step() and gap >= self.min_gap_s) or gap >= self.every_s:
             self._write(now)
 
     def close(self) -> None:
@@ -183,7 +189,7 @@ class LogProgress:
             parts[0] += f"/{self.total:,} {self.unit} ({100 * self.n / self.total:.0f}%)"
         else:
             parts[0] += f" {self.unit}"
-        parts.append(f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{rate:.3g} {self.unit}/s")
+        parts.append(f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{rate:.2f} {self.unit}/s")
         if self.total and rate > 0 and self.n < self.total:
             parts.append(f"{_clock_time((self.total - self.n) / rate)} left")
         elif self.total and self.n >= self.total:

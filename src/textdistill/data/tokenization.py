@@ -157,7 +157,7 @@ def _bert_backend(lowercase: bool, vocab: dict[str, int] | None = None) -> Token
 def load_tokenizer(path_or_name: str | Path) -> PreTrainedTokenizerBase:
     """Load a fast tokenizer from a folder (or a Hugging Face hub id)."""
     name = str(path_or_name)
-    if not Path(name).exists() and _looks_like_path(path_or_name):
+    if not Path(name).exists() and looks_like_path(path_or_name):
         raise UserError(f"tokenizer folder not found: {name}")
     try:
         tok = AutoTokenizer.from_pretrained(name, use_fast=True)
@@ -174,7 +174,7 @@ def load_tokenizer(path_or_name: str | Path) -> PreTrainedTokenizerBase:
     return tok
 
 
-def _looks_like_path(p: str | Path) -> bool:
+def looks_like_path(p: str | Path) -> bool:
     """Hub ids are ``name`` or ``org/name``; anything else is meant as a local path."""
     if isinstance(p, Path):
         return True

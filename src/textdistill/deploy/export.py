@@ -106,8 +106,8 @@ class ExportValidationError(UserError):
 class ExportResult:
     """What :func:`export_model` wrote, with sizes before/after and the source's accuracy.
 
-    Sizes are weight sizes in MB (:func:`~textdistill.models.folders.size_on_disk_mb`); for an int8 PyTorch
-    folder ``size_mb`` is the quantized state dict's (the folder itself stores fp32).
+    Sizes are weight sizes in MB (:func:`~textdistill.models.folders.size_on_disk_mb`); for an
+    int8 PyTorch folder ``size_mb`` is the quantized state dict's (the folder itself stores fp32).
     ``source_accuracy`` is the source's dev accuracy as its folder records it.
     """
 

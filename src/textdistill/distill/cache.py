@@ -42,6 +42,7 @@ from textdistill.core.paths import textdistill_home
 from textdistill.core.progress import progress as progress_bar
 from textdistill.data.batching import encoded_batch, length_sorted_batches
 from textdistill.data.tokenization import Encoded, encode_cached, tokenizer_fingerprint
+from textdistill.distill.predictions import Predictions, is_predictions_folder, load_predictions
 from textdistill.models.ensemble import combine_ensemble
 from textdistill.models.folders import LoadedModel, load_model, sentence_width
 
@@ -65,8 +66,30 @@ class SoftTargets:
         return int(self.logits.shape[0])
 
 
+Teacher = LoadedModel | Predictions
+"""A model folder to run, or a predictions file to look texts up in."""
+
+
+def load_teacher(path: str | Path) -> Teacher:
+    """The teacher in ``path``: its predictions table, or its model on this process's device."""
+    if is_predictions_folder(path):
+        return load_predictions(path)
+    return load_model(path, device=distributed.device())
+
+
+def _describe(t: Teacher) -> dict[str, Any]:
+    if isinstance(t, Predictions):
+        return {"path": str(t.path), "fingerprint": t.fingerprint, "predictions": True}
+    return {
+        "path": str(t.path),
+        "fingerprint": t.fingerprint,
+        "tokenizer": tokenizer_fingerprint(t.tokenizer),
+        "max_len": t.max_len,
+    }
+
+
 def expected_manifest(
-    teachers: Sequence[LoadedModel],
+    teachers: Sequence[Teacher],
     texts: Sequence[str],
     *,
     weights: Sequence[float] | None,
@@ -77,15 +100,7 @@ def expected_manifest(
     """Everything the cached values depend on; two equal manifests mean equal caches."""
     return {
         "version": CACHE_VERSION,
-        "teachers": [
-            {
-                "path": str(t.path),
-                "fingerprint": t.fingerprint,
-                "tokenizer": tokenizer_fingerprint(t.tokenizer),
-                "max_len": t.max_len,
-            }
-            for t in teachers
-        ],
+        "teachers": [_describe(t) for t in teachers],
         "weights": list(weights) if weights is not None else None,
         "ensemble": ensemble if len(teachers) > 1 else "single",
         "pooled": with_pooled,
@@ -101,6 +116,8 @@ def _comparable(manifest: dict[str, Any]) -> dict[str, Any]:
     out["teachers"] = [{k: v for k, v in t.items() if k != "path"} for t in manifest["teachers"]]
     out.pop("data_files", None)
     out.pop("has_pooled", None)
+    # Not part of the key: a cache built with pooled vectors also serves a run without.
+    out.pop("pooled", None)
     return out
 
 
@@ -169,6 +186,9 @@ def _load_existing(path: Path, expected: dict[str, Any]) -> SoftTargets | None:
     if _comparable(stored) != _comparable(expected):
         log.info("soft-target cache at %s is stale; rebuilding", path)
         return None
+    if expected["pooled"] and not stored.get("pooled"):
+        log.info("soft-target cache at %s has no pooled vectors; rebuilding with them", path)
+        return None
     logits = np.load(path / "logits.npy", mmap_mode="r", allow_pickle=False)
     pooled_file = path / "pooled.npy"
     pooled = (
@@ -205,7 +225,7 @@ def build_soft_targets(
     """
     if not teacher_paths:
         raise UserError("at least one teacher folder is needed")
-    teachers = [load_model(p, device=distributed.device()) for p in teacher_paths]
+    teachers = [load_teacher(p) for p in teacher_paths]
     names = teachers[0].label_names
     for t in teachers[1:]:
         if t.label_names != names:
@@ -292,12 +312,12 @@ def _unshared_message(path: Path) -> str:
     )
 
 
-def _pooled_owner(teachers: Sequence[LoadedModel], with_pooled: bool) -> int | None:
+def _pooled_owner(teachers: Sequence[Teacher], with_pooled: bool) -> int | None:
     """Index of the teacher whose pooled vectors are cached (the first that has them)."""
     if not with_pooled:
         return None
     for i, t in enumerate(teachers):
-        if sentence_width(t.model) is not None:
+        if isinstance(t, LoadedModel) and sentence_width(t.model) is not None:
             return i
     return None
 
@@ -311,7 +331,7 @@ class _BuildJob:
     pooled teacher, ``.pooled.npy`` (the values of those rows, in the same order).
     """
 
-    teachers: Sequence[LoadedModel]
+    teachers: Sequence[Teacher]
     texts: Sequence[str]
     num_labels: int
     pooled_owner: int | None
@@ -323,6 +343,18 @@ class _BuildJob:
         """Run every teacher on this process's batches and write its part files."""
         rank = distributed.process_index()
         for t_idx, teacher in enumerate(self.teachers):
+            if isinstance(teacher, Predictions):
+                # A table look-up, done whole by the main process (the others add no rows).
+                rows = np.arange(len(self.texts) if rank == 0 else 0, dtype=np.int64)
+                prefix = tmp / f"part-{t_idx}-{rank}"
+                np.save(_part_file(prefix, "rows"), rows)
+                np.save(
+                    _part_file(prefix, "logits"),
+                    teacher.lookup(self.texts)
+                    if rank == 0
+                    else np.zeros((0, self.num_labels), np.float32),
+                )
+                continue
             # The main process encodes and fills the encode cache; the others then read it.
             with distributed.main_process_first():
                 enc = encode_cached(
@@ -386,7 +418,9 @@ class _BuildJob:
             self._scatter(tmp, t_idx, "logits", out)
             members.append(out)
             if t_idx == self.pooled_owner:
-                width = sentence_width(self.teachers[t_idx].model)
+                owner = self.teachers[t_idx]
+                assert isinstance(owner, LoadedModel)
+                width = sentence_width(owner.model)
                 assert width is not None
                 pooled = _new_array(tmp / "pooled.npy", (n, width), np.float16)
                 self._scatter(tmp, t_idx, "pooled", pooled)

@@ -40,6 +40,7 @@ from textdistill.distill.losses import (
     mode_spec,
     temperature_at,
 )
+from textdistill.distill.predictions import is_predictions_folder
 from textdistill.distill.teachers import expand_teachers
 from textdistill.models.folders import load_model, read_meta, save_student
 from textdistill.models.students import (
@@ -109,8 +110,8 @@ def _student_tokenizer(
 ) -> PreTrainedTokenizerBase:
     # Students share the (first) teacher's tokenizer, so one encoding serves both and the
     # `none` twin sees exactly the same input ids as the distilled students.
-    if teachers:
-        return load_tokenizer(teachers[0])
+    if (model := _first_model_teacher(teachers)) is not None:
+        return load_tokenizer(model)
     return build_tokenizer(
         data.train.texts + data.unlabeled_texts,
         vocab_size=cfg.tokenizer.vocab_size,
@@ -179,9 +180,9 @@ def _check_mode(cfg: Config, targets: SoftTargets | None) -> None:
         raise UserError(f"--mode {mode} needs a teacher (--teacher DIR)")
     if spec.needs_pooled and targets.pooled is None:
         raise UserError(
-            f"--mode {mode} needs the teacher's pooled vectors, but the soft-target cache has "
-            "none and the teacher cannot produce them; use --mode soft, or a teacher whose "
-            "folder yields a sentence vector"
+            f"--mode {mode} needs the teacher's pooled vectors (hidden states), but the "
+            "soft-target cache has none and the teacher cannot produce them (a predictions "
+            "file or an export has none); use --mode soft, or a teacher model folder"
         )
 
 
@@ -196,9 +197,14 @@ def _student_max_len(cfg: Config, teachers: list[str], max_len: int | None) -> i
         if max_len < 4:
             raise UserError(f"max_len must be at least 4, got {max_len}")
         return max_len
-    if teachers:
-        return int(read_meta(teachers[0]).get("max_len", cfg.tokenizer.max_len))
+    if (model := _first_model_teacher(teachers)) is not None:
+        return int(read_meta(model).get("max_len", cfg.tokenizer.max_len))
     return cfg.tokenizer.max_len
+
+
+def _first_model_teacher(teachers: list[str]) -> str | None:
+    """The first teacher that is a model (it has a tokenizer), not a predictions file."""
+    return next((t for t in teachers if not is_predictions_folder(t)), None)
 
 
 @contextlib.contextmanager
@@ -243,7 +249,7 @@ def distill(
     """
     out = Path(out)
     work = work_dir_for(out)
-    cfg = expand_teachers(cfg)
+    cfg = expand_teachers(cfg, corpus)
     d, s = cfg.distill, cfg.student
     teachers = list(d.teachers)
     _check_teachers(cfg, teachers, corpus.label_names)

@@ -49,6 +49,7 @@ from textdistill.data.tokenization import (
     tokenizer_fingerprint,
 )
 from textdistill.distill.losses import LossOutput, distillation_loss
+from textdistill.distill.teachers import import_teacher, read_label_map
 from textdistill.models.folders import save_teacher
 from textdistill.models.teacher import (
     TeacherModel,
@@ -336,6 +337,15 @@ def train_teacher(
     ``stage_key`` (from the pipeline) is stored in the folder's metadata.
     """
     out = Path(out)
+    t = cfg.teacher
+    if t.model is not None and t.train.epochs == 0 and t.mlm.epochs == 0:
+        # Nothing to train: the checkpoint is the teacher. Import it (classes matched by
+        # name, evaluated on the selection split) instead of saving an unevaluated copy.
+        label_map = read_label_map(cfg.distill.label_map) if cfg.distill.label_map else None
+        meta = import_teacher(
+            t.model, out, cfg, corpus, label_map=label_map, extra={"stage_key": stage_key}
+        )
+        return TeacherResult(path=out, meta=meta)
     work = work_dir_for(out)
     data: TrainingData = prepare_training_data(cfg, corpus)
     extra_texts = [t for f in cfg.teacher.unlabeled for t in read_texts(f)]

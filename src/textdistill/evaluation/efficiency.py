@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 #: ``checkpoints/`` a training run leaves behind are not counted).
 @runtime_checkable
 class TextClassifier(Protocol):
-    """What :func:`measure_efficiency` needs from a model (any :class:`~textdistill.inference.classifier.Classifier`)."""
+    """What :func:`measure_efficiency` needs from a model: any
+    :class:`~textdistill.inference.classifier.Classifier` has it."""
 
     label_names: list[str]
 

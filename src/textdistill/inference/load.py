@@ -61,6 +61,11 @@ def load(path: str | Path, *, backend: str | None = None) -> Classifier:
         spec = read_ensemble(folder)
         members = [load(m, backend=backend) for m in spec.members]
         return EnsembleClassifier(folder, meta, spec, members)
+    if meta.get("format") == "predictions":
+        raise UserError(
+            f"{folder} holds a teacher's predictions for fixed texts; it cannot classify "
+            "new ones (use it as --teacher for distill, or load a model folder)"
+        )
     fmt = folder_format(meta)
     check_backend(folder, fmt, backend)
     return LOADERS[fmt](folder)

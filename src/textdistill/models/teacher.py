@@ -14,12 +14,15 @@ classification head is the point of loading it.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     BertConfig,
     BertForMaskedLM,
@@ -30,6 +33,8 @@ from transformers.utils import logging as hf_logging
 
 from textdistill.core.errors import UserError
 from textdistill.models.output import ClassifierOutput
+
+log = logging.getLogger(__name__)
 
 # layers, hidden, heads, intermediate
 SCRATCH_PRESETS: dict[str, tuple[int, int, int, int]] = {
@@ -106,20 +111,124 @@ def new_scratch_mlm(config: BertConfig) -> PreTrainedModel:
     return BertForMaskedLM(config)
 
 
-def load_classifier(name_or_path: str, label_names: list[str]) -> PreTrainedModel:
-    """Load a checkpoint for sequence classification with a head sized for our labels.
+_GENERIC_LABEL = re.compile(r"LABEL_[0-9]+")
 
-    A checkpoint trained on other labels gets a fresh head (``ignore_mismatched_sizes``).
-    """
+
+def checkpoint_labels(name_or_path: str) -> list[str] | None:
+    """The class names, in id order, of a checkpoint that has a trained classification head;
+    None for one without (a base or masked-LM checkpoint), whose head will be new."""
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, ignore_mismatched_sizes=True, **label_maps(label_names)
-        )
-    except (OSError, ValueError) as err:  # missing files / unknown architecture
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
         raise UserError(
             f"cannot load model {name_or_path!r}: {err}\n"
             "Give a local folder, or use --scratch PRESET when no checkpoint can be downloaded."
         ) from None
+    heads = [a for a in (config.architectures or []) if a.endswith("ForSequenceClassification")]
+    if not heads:
+        return None
+    return [str(config.id2label[i]) for i in range(config.num_labels)]
+
+
+def match_labels(
+    theirs: list[str],
+    ours: list[str],
+    *,
+    source: str,
+    label_map: dict[str, str] | None = None,
+) -> list[int]:
+    """``order`` with ``ours[i] == renamed(theirs[order[i]])``: our class i is their class
+    ``order[i]``. Names are matched, never positions; ``label_map`` renames theirs first.
+
+    Raises:
+        UserError: generic names (``LABEL_0`` ...) without a ``label_map``, or label sets that
+            differ; the message lists both and points to ``--label-map``.
+    """
+    renamed = [label_map.get(n, n) for n in theirs] if label_map else list(theirs)
+    hint = "pass --label-map FILE (lines 'teacher label<TAB>data label') to say which is which"
+    if not label_map and all(_GENERIC_LABEL.fullmatch(n) for n in theirs):
+        raise UserError(
+            f"{source}: its classes have generic names {_names(theirs)}, so they cannot be "
+            f"matched to the data's {_names(ours)} by name; {hint}"
+        )
+    if len(set(renamed)) != len(renamed) or set(renamed) != set(ours):
+        raise UserError(
+            f"{source}: its classes {_names(renamed)} are not the data's classes "
+            f"{_names(ours)}; {hint}"
+        )
+    return [renamed.index(name) for name in ours]
+
+
+def _names(names: list[str], k: int = 12) -> str:
+    shown = ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
+    return f"[{shown}]"
+
+
+def reorder_head(model: PreTrainedModel, order: list[int], label_names: list[str]) -> None:
+    """Permute the output rows of the classification head so that logit ``i`` is class
+    ``label_names[i]`` (``order`` from :func:`match_labels`), and relabel the config."""
+    if order != list(range(len(order))):
+        heads = [
+            m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == len(order)
+        ]
+        if not heads:
+            raise UserError(
+                f"cannot find the classification layer of this {type(model).__name__} to "
+                "reorder its classes; export the teacher's predictions and use them instead"
+            )
+        head = heads[-1]  # the output layer comes last in module order
+        index = torch.tensor(order)
+        with torch.no_grad():
+            head.weight.copy_(head.weight[index])
+            if head.bias is not None:
+                head.bias.copy_(head.bias[index])
+    for key, value in label_maps(label_names).items():
+        setattr(model.config, key, value)
+
+
+def load_classifier(
+    name_or_path: str,
+    label_names: list[str],
+    *,
+    label_map: dict[str, str] | None = None,
+    trained: bool = False,
+) -> PreTrainedModel:
+    """Load a checkpoint for sequence classification over ``label_names`` (in that order).
+
+    A checkpoint with a trained head for the same classes keeps it, its outputs reordered by
+    name (:func:`match_labels`), so predictions by name are the checkpoint's own. A base or
+    masked-LM checkpoint gets a new head. With ``trained=False`` (fine-tuning follows), a
+    head for other classes is replaced by a new one; with ``trained=True`` (the checkpoint is
+    the teacher as it is) that is an error, as are names that cannot be matched.
+    """
+    theirs = checkpoint_labels(name_or_path)
+    order = None
+    if theirs is not None:
+        try:
+            order = match_labels(theirs, label_names, source=name_or_path, label_map=label_map)
+        except UserError:
+            if trained:
+                raise
+            log.warning(
+                "%s: its head was trained for other classes %s; fine-tuning starts a new one",
+                name_or_path,
+                _names(theirs),
+            )
+    elif trained:
+        raise UserError(
+            f"{name_or_path}: not a trained classifier (no *ForSequenceClassification head); "
+            "fine-tune it with `textdistill teacher train --model` instead"
+        )
+    try:
+        if order is None:
+            return AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, ignore_mismatched_sizes=True, **label_maps(label_names)
+            )
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:  # missing files / unknown architecture
+        raise UserError(f"cannot load model {name_or_path!r}: {err}") from None
+    reorder_head(model, order, label_names)
+    return model
 
 
 @contextlib.contextmanager
