@@ -437,3 +437,17 @@ def test_the_llm_example_writes_a_valid_predictions_file(tmp_path: Path) -> None
     assert texts == ["球队夺冠", "无关"]
     np.testing.assert_allclose(softmax(logits)[0], [0.75, 0.0, 0.25], atol=1e-6)
     np.testing.assert_allclose(softmax(logits)[1], [1 / 3] * 3, atol=1e-6)
+
+
+def test_teacher_cache_accepts_a_hugging_face_folder_and_the_import_exports(
+    tmp_path: Path, data: Path, hf_folder: Path
+) -> None:
+    config = write_max_len(tmp_path)
+    result = ok(invoke("teacher", "cache", "-t", hf_folder, "-d", data, "-c", config, "-q"))
+    assert "soft targets for 18 rows" in " ".join(result.stdout.split())
+    [imported] = (textdistill_home() / "teachers").iterdir()
+    exported = tmp_path / "onnx"
+    ok(invoke("export", "--model", imported, "--format", "onnx", "--out", exported))
+    np.testing.assert_allclose(
+        load(exported).logits(TEXTS), load(imported).logits(TEXTS), atol=1e-4
+    )
