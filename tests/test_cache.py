@@ -396,6 +396,7 @@ def test_teacher_cache_command(
     assert runs.calls == 2  # one run per ensemble member, both the first time
 
 
+@pytest.mark.slow
 def test_teacher_cache_then_distill_runs_the_teacher_once(
     tmp_path: Path, models: dict[str, Path], corpus_builder: Any, runs: RunCounter
 ) -> None:

@@ -30,6 +30,7 @@ def ok(result: Result) -> Result:
     return result
 
 
+@pytest.mark.slow
 def test_teacher_to_prediction_through_the_cli(
     tmp_path: Path, make_corpus: Callable[..., Path]
 ) -> None:

@@ -186,6 +186,7 @@ def test_other_classes_fail_with_both_lists_and_a_label_map_fixes_generic_names(
         assert got == pytest.approx({names[k]: v for k, v in w.items()}, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_a_hugging_face_folder_is_a_teacher_for_distill(
     tmp_path: Path, data: Path, tok: PreTrainedTokenizerFast
 ) -> None:
@@ -295,6 +296,7 @@ def only_cache(root: Path) -> Path:
     return cache
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["probs", "logits"])
 def test_a_predictions_file_is_a_teacher_whose_soft_targets_are_its_probabilities(
     tmp_path: Path, data: Path, form: str
@@ -355,6 +357,7 @@ def test_bad_prediction_lines_name_file_and_line(tmp_path: Path, data: Path) -> 
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_a_predictions_file_and_a_model_distil_as_one_ensemble(
     tmp_path: Path, data: Path, hf_folder: Path
 ) -> None:
@@ -439,6 +442,7 @@ def test_the_llm_example_writes_a_valid_predictions_file(tmp_path: Path) -> None
     np.testing.assert_allclose(softmax(logits)[1], [1 / 3] * 3, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_teacher_cache_accepts_a_hugging_face_folder_and_the_import_exports(
     tmp_path: Path, data: Path, hf_folder: Path
 ) -> None:
