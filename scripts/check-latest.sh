@@ -18,7 +18,9 @@ trap 'rm -rf "$tmp/venv"' EXIT
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch stays on the local CPU build (constraints/cpu.txt): "latest" is about everything else.
 "$tmp/venv/bin/python" -m pip install -q -c constraints/cpu.txt -e ".[dev]"
-"$tmp/venv/bin/python" -m pip freeze --exclude-editable | LC_ALL=C sort -f > "$out"
+# --all: setuptools too, as in the lock (pip itself is in neither).
+"$tmp/venv/bin/python" -m pip freeze --all --exclude-editable | grep -v -i '^pip==' \
+  | LC_ALL=C sort -f > "$out"
 
 echo "== versions that differ from constraints/lock.txt (lock -> latest) =="
 "$tmp/venv/bin/python" - constraints/lock.txt "$out" <<'PY'

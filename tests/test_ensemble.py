@@ -165,6 +165,7 @@ def test_distilling_from_an_ensemble_folder_equals_listing_its_members(
     assert meta_a["fingerprint"] == meta_b["fingerprint"]  # same targets, same weights
 
 
+@pytest.mark.slow
 def test_ensemble_through_the_cli(tmp_path: Path, members: list[Path], tiny_corpus: Path) -> None:
     ens = tmp_path / "ens"
     args = ["ensemble", "-t", members[0], "-t", members[1], "--out", ens]

@@ -235,6 +235,7 @@ def test_cli_evaluate_errors_exit_2(
 # --------------------------------------------------------------------------- compare
 
 
+@pytest.mark.slow
 def test_cli_compare_writes_report_with_ratios_to_the_teacher(
     tmp_path: Path,
     tiny_corpus: Path,

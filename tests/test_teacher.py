@@ -386,6 +386,7 @@ def scratch_args(corpus: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_train_from_scratch_end_to_end(tmp_path: Path, corpus: Path) -> None:
     out = tmp_path / "teacher"
     ok(invoke(*scratch_args(corpus, out, "--epochs", "10", "--lr", "5e-3", "--seed", "1")))
@@ -535,6 +536,7 @@ def without_timing(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in e.items() if k != "samples_per_s"} for e in history]
 
 
+@pytest.mark.slow
 def test_resume_after_kills_reproduces_the_uninterrupted_run(
     tmp_path: Path,
     corpus: Path,
