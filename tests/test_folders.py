@@ -165,8 +165,11 @@ def test_fingerprint_identifies_the_weights(
     assert other_seed not in (first, changed)
 
 
-def test_weights_changed_in_place_change_the_loaded_fingerprint(
-    tmp_path: Path, tok: PreTrainedTokenizerFast, caplog: pytest.LogCaptureFixture
+def test_weights_changed_in_place_are_refused_unless_allowed(
+    tmp_path: Path,
+    tok: PreTrainedTokenizerFast,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "t"
     stored = save_teacher(out, make_teacher(tok), tok, CLASSES)["fingerprint"]
@@ -174,13 +177,21 @@ def test_weights_changed_in_place_change_the_loaded_fingerprint(
     weights["classifier.bias"] = weights["classifier.bias"] + 1.0
     save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
 
+    with pytest.raises(
+        UserError, match=r"changed since the folder was saved \(model\.safetensors changed\)"
+    ):
+        load_model(out)
+
     with caplog.at_level(logging.WARNING, logger="textdistill.models.folders"):
-        loaded = load_model(out)
+        loaded = load_model(out, allow_modified=True)
     assert isinstance(loaded.model, TeacherModel)
     assert loaded.fingerprint == folder_fingerprint(out) != stored
     assert "changed since the folder was saved" in caplog.text
     bias = loaded.model.hf.get_parameter("classifier.bias")
     torch.testing.assert_close(bias, weights["classifier.bias"])
+
+    monkeypatch.setenv("TEXTDISTILL_ALLOW_MODIFIED", "1")
+    assert load_model(out).fingerprint == loaded.fingerprint
 
 
 # ------------------------------------------------------------------------- atomic saving
@@ -309,8 +320,16 @@ def test_damaged_folder_fails_cleanly(
     else:
         data = (out / WEIGHTS_FILE).read_bytes()
         (out / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
-    with pytest.raises(UserError, match=f"{out}: cannot load the {kind}"):
+    expected = {
+        "no labels": "labels.json: missing",
+        "no weights": "model.safetensors: missing",
+        "truncated weights": r"changed since the folder was saved \(model.safetensors changed\)",
+    }[damage]
+    with pytest.raises(UserError, match=expected):
         load_model(out)
+    if damage == "truncated weights":  # accepted as changed, it still fails cleanly
+        with pytest.raises(UserError, match=f"{out}: cannot load the {kind}"):
+            load_model(out, allow_modified=True)
 
 
 def test_teacher_with_missing_tensors_fails_cleanly(
@@ -323,7 +342,7 @@ def test_teacher_with_missing_tensors_fails_cleanly(
     del weights["classifier.weight"]
     save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     with pytest.raises(UserError, match=r"classifier\.weight"):
-        load_model(out)
+        load_model(out, allow_modified=True)
 
 
 def test_metadata_is_plain_json(tmp_path: Path, tok: PreTrainedTokenizerFast) -> None:

@@ -25,6 +25,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _global_options(
+    allow_modified: bool = typer.Option(
+        False,
+        "--allow-modified",
+        help="Load model folders whose files changed since they were saved (with a warning); "
+        "without it such a folder is an error. Also: TEXTDISTILL_ALLOW_MODIFIED=1.",
+    ),
+) -> None:
+    """Distill a fine-tuned BERT text classifier into a tiny, fast student."""
+    from textdistill.models.folders import set_allow_modified
+
+    # Set on every invocation (None: the environment decides), so one command's flag never
+    # carries over to the next in the same process.
+    set_allow_modified(True if allow_modified else None)
+
+
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(teacher_cmd.app, name="teacher")

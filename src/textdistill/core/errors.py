@@ -14,3 +14,11 @@ class DataError(UserError):
         more = self.total - len(problems)
         msg = "\n".join(problems) + (f"\n... and {more} more problems" if more > 0 else "")
         super().__init__(msg)
+
+
+class WriteError(UserError):
+    """A write that failed (full disk, no permission, read-only file system); the message
+    says what could not be written, what was kept, and how to go on."""
+
+
+RESUME_HINT = "a training command continues from its last checkpoint with --resume"

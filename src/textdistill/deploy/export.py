@@ -59,13 +59,14 @@ from transformers import PreTrainedTokenizerBase
 
 from textdistill import __version__
 from textdistill.core.errors import UserError
-from textdistill.core.io import atomic_dir, write_json
+from textdistill.core.io import write_json
 from textdistill.data.tokenization import pad_token_id
 from textdistill.inference.onnx import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, create_session
 from textdistill.inference.torch import quantize_torch_dynamic
 from textdistill.models.folders import (
     META_FILE,
     LoadedModel,
+    building,
     folder_meta,
     load_model,
     read_meta,
@@ -513,7 +514,7 @@ def export_model(
     target = Path(out) if out is not None else default_out(src, fmt, quantize)
     _check_request(src, meta, target, fmt, quantize)
     log.info("exporting %s to %s (%s, %s)", src, target, fmt, quantize or "fp32")
-    with atomic_dir(target) as tmp:
+    with building(target, "export folder") as tmp:
         new_meta = _export_into(tmp, src, meta, fmt=fmt, quantize=quantize, opset=opset, atol=atol)
     size_mb = float(new_meta.get("quantized_weights_mb", new_meta["weights_mb"]))
     result = ExportResult(

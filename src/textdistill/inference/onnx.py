@@ -31,10 +31,16 @@ import torch
 from torch import nn
 
 from textdistill.core.errors import UserError
-from textdistill.core.io import read_json
 from textdistill.data.tokenization import load_tokenizer
 from textdistill.inference.torch import TorchClassifier
-from textdistill.models.folders import LoadedModel, folder_format, read_meta
+from textdistill.models.folders import (
+    LoadedModel,
+    check_fingerprint,
+    check_folder,
+    check_tokenizer_fits,
+    folder_format,
+    read_meta,
+)
 from textdistill.models.output import ClassifierOutput
 
 if TYPE_CHECKING:
@@ -180,14 +186,24 @@ class OnnxClassifier(TorchClassifier):
         model_file = path / str(meta.get("onnx_file", ONNX_FILE))
         if not model_file.is_file():
             raise UserError(f"{path}: {model_file.name} is missing; export the model again")
-        module = OnnxModule(model_file, threads=threads, providers=providers)
+        # The same checks as a PyTorch folder's (folders.load_model), but the vocabulary the
+        # graph accepts is the one its architecture records.
+        label_names, max_len = check_folder(path, meta)
+        meta["fingerprint"] = check_fingerprint(path, meta)
+        tokenizer = load_tokenizer(path)
+        rows = (meta.get("architecture") or {}).get("vocab_size")
+        check_tokenizer_fits(path, tokenizer, rows if isinstance(rows, int) else None)
+        try:
+            module = OnnxModule(model_file, threads=threads, providers=providers)
+        except Exception as err:  # ONNX Runtime raises its own classes for a damaged graph
+            raise UserError(f"{model_file}: not a loadable ONNX model ({err})") from None
         loaded = LoadedModel(
             model=module,
-            tokenizer=load_tokenizer(path),
-            label_names=read_json(path / "labels.json"),
+            tokenizer=tokenizer,
+            label_names=label_names,
             meta=meta,
             path=path,
-            max_len=int(meta.get("max_len", 32)),
+            max_len=max_len,
         )
         return cls(loaded)
 

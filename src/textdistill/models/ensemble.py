@@ -26,8 +26,14 @@ import numpy as np
 import torch
 
 from textdistill.core.errors import UserError
-from textdistill.core.io import atomic_dir, read_json, write_json
-from textdistill.models.folders import META_FILE, folder_meta, read_meta, size_on_disk_mb
+from textdistill.core.io import read_json, write_json
+from textdistill.models.folders import (
+    META_FILE,
+    building,
+    folder_meta,
+    read_meta,
+    size_on_disk_mb,
+)
 
 ENSEMBLE_KIND = "ensemble"
 ENSEMBLE_MODES = ("logprob", "prob")
@@ -98,7 +104,7 @@ def make_ensemble(
     w = [float(x) for x in weights] if weights is not None else None
     if w is not None and len(set(w)) == 1:
         w = None  # equal weights are the default: one soft-target cache for both spellings
-    with atomic_dir(out) as tmp:
+    with building(out, "ensemble folder") as tmp:
         write_json(tmp / "labels.json", label_names)
         fields = {
             # Relative paths: moving the run folder that holds members and ensemble together
