@@ -244,7 +244,9 @@ def test_a_failed_save_is_one_message_and_leaves_nothing(
     message = str(err.value)
     assert message.startswith(f"could not write the student folder {out}: ")
     assert "(nothing was written)" in message and "--resume" in message
-    assert os.strerror(as_write_error(error).errno) in message  # type: ignore[union-attr]
+    recognised = as_write_error(error)
+    assert recognised is not None and recognised.errno is not None
+    assert os.strerror(recognised.errno) in message
     assert not out.exists() and list(out.parent.iterdir()) == []
 
 
@@ -387,3 +389,78 @@ def test_a_failed_second_rename_puts_the_old_version_back(
         (tmp / "v").write_text("2")
     assert (target / "v").read_text() == "1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ------------------------------------------------------------------------ huge texts
+
+_HUGE_TEXT_PROBE = """
+import resource, sys
+from textdistill.data.tokenization import encode
+from textdistill.inference.load import load
+
+model = load(sys.argv[1])
+huge = "球" * 1_000_000
+model.predict(["球队 比赛"] * 4)
+encode(model.tokenizer, ["球队 比赛"] * 4, model.max_len)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+(prediction,) = model.predict([huge])
+enc = encode(model.tokenizer, [huge], model.max_len)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert prediction.label is not None and int(enc.lengths[0]) == model.max_len
+print((after - before) / 1024)
+"""
+
+
+@pytest.mark.slow
+def test_a_million_character_text_costs_no_more_memory_than_a_short_one(
+    tiny_student: Path,
+) -> None:
+    # Peak memory of a fresh process (the tokenizer's Rust allocations included): before the
+    # per-text cap, predicting this one text took 1.05 GB and encoding it for training more.
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _HUGE_TEXT_PROBE, str(tiny_student)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    growth_mb = float(done.stdout.strip().splitlines()[-1])
+    assert growth_mb < 50, f"peak memory grew by {growth_mb:.0f} MB"
+
+
+def test_a_checkpoint_whose_pickle_holds_code_is_refused(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from textdistill.models.teacher import load_classifier
+
+    cfg = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        id2label={0: "a", 1: "b"},
+        label2id={"a": 0, "b": 1},
+    )
+    model = BertForSequenceClassification(cfg)
+    model.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / WEIGHTS_FILE).unlink()
+    marker = tmp_path / "pwned"
+    state = {**model.state_dict(), "payload": _Payload(str(marker))}
+    torch.save(state, tmp_path / "hf" / "pytorch_model.bin")
+    with pytest.raises(UserError, match=r"refused its pickled weights file.*nothing was unpickled"):
+        load_classifier(str(tmp_path / "hf"), ["a", "b"], trained=True)
+    assert not marker.exists()
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (Path(self.path), "code ran"))  # type: ignore[return-value]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -227,6 +228,15 @@ def load_classifier(
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:  # missing files / unknown architecture
         raise UserError(f"cannot load model {name_or_path!r}: {err}") from None
+    except pickle.UnpicklingError:
+        # transformers reads a pytorch_model.bin with torch.load(weights_only=True): a pickle
+        # holding anything but tensors is refused there, and must be refused here in words.
+        raise UserError(
+            f"cannot load model {name_or_path!r}: refused its pickled weights file, which "
+            "holds more than plain tensors (torch's weights-only loader stopped at the first "
+            "object); nothing was unpickled. Convert the checkpoint to safetensors where you "
+            "trust it"
+        ) from None
     reorder_head(model, order, label_names)
     return model
 
