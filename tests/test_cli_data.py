@@ -114,3 +114,75 @@ def test_fetch_unknown_name(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "fetch", "mnist", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert "unknown data set 'mnist'; built-in data sets: thucnews-sample" in result.output
+
+
+def test_check_with_labels_option(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("finance\nweather\n", encoding="utf-8")
+    root = tmp_path / "data"
+    root.mkdir()
+    rows = ['{"text": "股市", "label": "finance"}', '{"text": "下雨", "label": "Weather"}']
+    (root / "train.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (root / "dev.jsonl").write_text('{"text": "晴", "label": "weather"}\n', encoding="utf-8")
+    result = runner.invoke(app, ["data", "check", str(root), "--labels", str(labels)])
+    assert result.exit_code == 1
+    assert (
+        f"{root / 'train.jsonl'}:2: label 'Weather' is not in {labels} (finance, weather); "
+        "did you mean 'weather'?"
+    ) in result.output
+    (root / "train.jsonl").write_text(rows[0] + "\n" + rows[1].lower() + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["data", "check", str(root), "--labels", str(labels)])
+    assert result.exit_code == 0, result.output
+    assert "0 finance" in result.output and "1 weather" in result.output
+    assert "--labels" in runner.invoke(app, ["data", "check", "--help"]).output
+
+
+def test_check_reports_one_class_training_data(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "class.txt").write_text("a\nb\n", encoding="utf-8")
+    (root / "train.txt").write_text("甲\t0\n乙\t0\n", encoding="utf-8")
+    (root / "dev.txt").write_text("丙\t1\n", encoding="utf-8")
+    result = runner.invoke(app, ["data", "check", str(root)])
+    assert result.exit_code == 1
+    assert f"{root / 'train.txt'}: only one class (a) in the training rows" in result.output
+
+
+def test_check_reports_invisible_and_nul_texts(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "class.txt").write_text("a\nb\n", encoding="utf-8")
+    (root / "train.txt").write_text("甲\t0\n\u200b\t1\n乙\x00\t1\n", encoding="utf-8")
+    (root / "dev.txt").write_text("丙\t1\n", encoding="utf-8")
+    result = runner.invoke(app, ["data", "check", str(root), "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.output)["errors"] == [
+        f"{root / 'train.txt'}:2: empty text (only invisible characters: U+200B)",
+        f"{root / 'train.txt'}:3: text holds control character U+0000",
+    ]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["distill", "-o", "{tmp}/s", "--mode", "none"],
+        ["teacher", "train", "-o", "{tmp}/t", "-q"],
+        ["teacher", "cache", "-t", "{tmp}/t"],
+        ["evaluate", "-m", "{tmp}/m"],
+        ["compare", "-m", "{tmp}/m", "-o", "{tmp}/r"],
+        [
+            "run",
+            str(Path(sample.__file__).parent.parent / "configs" / "demo-quick.yaml"),
+            "-o",
+            "{tmp}/run",
+        ],
+        ["demo", "--quick", "-o", "{tmp}/demo"],
+    ],
+)
+def test_data_commands_take_labels(command: list[str], corpus_dir: Path, tmp_path: Path) -> None:
+    # A missing --labels file fails when the data is opened, before any model work.
+    args = [a.replace("{tmp}", str(tmp_path)) for a in command]
+    missing = tmp_path / "missing.txt"
+    result = runner.invoke(app, [*args, "-d", str(corpus_dir), "--labels", str(missing)])
+    assert result.exit_code == 2, result.output
+    assert f"{missing}: labels file not found" in result.output

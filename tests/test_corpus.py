@@ -204,7 +204,7 @@ def test_txt_and_jsonl_for_one_split_is_ambiguous(make_corpus: MakeCorpus) -> No
 def test_class_file_problems(tmp_path: Path) -> None:
     root = folder(
         tmp_path,
-        {"class.txt": "a\n\nb\na\n", "train.txt": "x\t0\n", "dev.txt": "y\t2\n"},
+        {"class.txt": "a\n\nb\na\n", "train.txt": "x\t0\nz\t2\n", "dev.txt": "y\t2\n"},
     )
     cls = root / "class.txt"
     assert problems_of(root) == [
@@ -222,7 +222,8 @@ def test_one_class_is_not_enough(tmp_path: Path) -> None:
 
 def test_empty_split_files(tmp_path: Path) -> None:
     root = folder(
-        tmp_path, {"class.txt": "a\nb", "train.txt": "x\t0\n", "dev.txt": "", "test.txt": "\n\n"}
+        tmp_path,
+        {"class.txt": "a\nb", "train.txt": "x\t0\nz\t1\n", "dev.txt": "", "test.txt": "\n\n"},
     )
     assert problems_of(root) == [
         f"{root / 'dev.txt'}: the file is empty",
@@ -471,3 +472,243 @@ def test_read_texts_errors(tmp_path: Path) -> None:
     empty = write(tmp_path / "empty.txt", "\n \n")
     with pytest.raises(UserError, match="contains no text"):
         read_texts(empty)
+
+
+# --------------------------------------------------------------------------------------
+# What counts as a text: invisible-only and control characters
+# --------------------------------------------------------------------------------------
+
+
+def test_invisible_only_texts_are_empty_text(tmp_path: Path) -> None:
+    root = folder(
+        tmp_path,
+        {
+            "class.txt": "a\nb",
+            "train.txt": "好\t0\n\u200b\t1\n\ufeff\u200b \t0\n\x01\x02\t1\n坏\t1\n",
+            "dev.jsonl": jsonl(
+                {"text": "\u200b\u200b", "label": "a"},
+                {"text": "\x00", "label": "b"},
+                {"text": "\u3000 ", "label": "a"},  # ideographic space: whitespace
+                {"text": "ok", "label": "a"},
+            ),
+        },
+    )
+    train, dev = root / "train.txt", root / "dev.jsonl"
+    assert problems_of(root) == [
+        f"{train}:2: empty text (only invisible characters: U+200B)",
+        f"{train}:3: empty text (only invisible characters: U+FEFF, U+200B)",
+        f"{train}:4: empty text (only invisible characters: U+0001, U+0002)",
+        f"{dev}:1: empty text (only invisible characters: U+200B)",
+        f"{dev}:2: empty text (only invisible characters: U+0000)",
+        f"{dev}:3: empty text",
+    ]
+
+
+def test_control_characters_inside_a_text_are_errors(tmp_path: Path) -> None:
+    root = folder(
+        tmp_path,
+        {
+            "class.txt": "a\nb",
+            # Tabs inside a title are fine (the label is after the last tab); NUL is not.
+            "train.txt": "有\t制表符\t0\nab\x00c\t1\n好\x1b[0m\t0\n删\x7f\t1\n",
+            "dev.jsonl": jsonl(
+                {"text": "两行\n文本\r\n", "label": "a"},  # newlines in JSONL are text
+                {"text": "x\u0001y", "label": "b"},
+            ),
+        },
+    )
+    train, dev = root / "train.txt", root / "dev.jsonl"
+    assert problems_of(root) == [
+        f"{train}:2: text holds control character U+0000",
+        f"{train}:3: text holds control character U+001B",
+        f"{train}:4: text holds control character U+007F",
+        f"{dev}:2: text holds control character U+0001",
+    ]
+    write(train, "有\t制表符\t0\n好\t1\n")
+    write(dev, jsonl({"text": "两行\n文本", "label": "a"}, {"text": "y", "label": "b"}))
+    corpus = load_corpus(root, required=("train", "dev"))
+    assert corpus.split("train").texts[0] == "有\t制表符"
+    assert corpus.split("dev").texts[0] == "两行\n文本"
+
+
+def test_read_texts_skips_invisible_lines_with_a_counted_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "extra.txt", "第一条\n\u200b\n\n\ufeff\u200b\n\x01\n第二条\n")
+    with caplog.at_level(logging.INFO, logger="textdistill.data.corpus"):
+        assert read_texts(path) == ["第一条", "第二条"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        f"{path}: skipped 3 lines without visible text (only zero-width, BOM or control characters)"
+    ]
+    assert "skipped 1 empty lines" in caplog.text
+    only = write(tmp_path / "only.txt", "\u200b\n\x00\n")
+    with pytest.raises(UserError, match="contains no text"):
+        read_texts(only)
+
+
+def test_read_texts_control_characters_are_errors_with_lines(tmp_path: Path) -> None:
+    path = write(tmp_path / "extra.txt", "好\nab\x00c\n还好\n坏\x01\n")
+    with pytest.raises(DataError) as info:
+        read_texts(path)
+    assert info.value.problems == [
+        f"{path}:2: text holds control character U+0000",
+        f"{path}:4: text holds control character U+0001",
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# One-class training data
+# --------------------------------------------------------------------------------------
+
+
+def test_a_train_split_of_one_class_is_an_error(tmp_path: Path) -> None:
+    root = folder(
+        tmp_path,
+        {"class.txt": "a\nb", "train.txt": "甲\t1\n乙\t1\n", "dev.txt": "丙\t0\n丁\t1\n"},
+    )
+    message = (
+        f"{root / 'train.txt'}: only one class (b) in the training rows; a classifier needs "
+        "rows of at least 2 classes"
+    )
+    assert problems_of(root) == [message]
+    report = check_corpus(root)
+    assert not report.ok and report.errors == [message]
+    # JSONL with inferred classes: the class list itself is too short (one message only).
+    jroot = folder(
+        tmp_path / "j",
+        {
+            "train.jsonl": jsonl({"text": "甲", "label": "x"}),
+            "dev.jsonl": jsonl({"text": "乙", "label": "x"}),
+        },
+    )
+    assert problems_of(jroot) == [
+        f"{jroot / 'train.jsonl'}: found 1 class(es) (no class.txt); a classifier needs at least 2"
+    ]
+
+
+def test_one_class_check_waits_for_rejected_train_lines(tmp_path: Path) -> None:
+    # The bad line may be the other class: report it alone, not a misleading "one class".
+    root = folder(
+        tmp_path,
+        {"class.txt": "a\nb", "train.txt": "甲\t0\n乙\t9\n", "dev.txt": "丙\t0\n丁\t1\n"},
+    )
+    assert problems_of(root) == [
+        f"{root / 'train.txt'}:2: label id 9 is out of range: class.txt has 2 classes (ids 0-1)"
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# Explicit class lists (--labels) and look-alike inferred labels
+# --------------------------------------------------------------------------------------
+
+
+def test_labels_file_is_the_class_list(tmp_path: Path) -> None:
+    labels = write(tmp_path / "labels.txt", "finance\nweather\n")
+    root = folder(
+        tmp_path / "data",
+        {
+            "train.jsonl": jsonl(
+                {"text": "股市", "label": "finance"},
+                {"text": "下雨", "label": "weather"},
+                {"text": "大涨", "label": "Finance"},
+                {"text": "晴天", "label": "weather "},
+                {"text": "体育", "label": "sports"},
+            ),
+            "dev.jsonl": jsonl({"text": "基金", "label": 1}),
+        },
+    )
+    train = root / "train.jsonl"
+    assert problems_of(root, labels=labels) == [
+        f"{train}:3: label 'Finance' is not in {labels} (finance, weather); did you mean "
+        "'finance'?",
+        f"{train}:4: label 'weather ' is not in {labels} (finance, weather); did you mean "
+        "'weather'?",
+        f"{train}:5: label 'sports' is not in {labels} (finance, weather)",
+    ]
+    write(train, jsonl({"text": "股市", "label": "weather"}, {"text": "下雨", "label": "finance"}))
+    corpus = load_corpus(root, labels=labels)
+    # The file's order, not sorted names; integer labels work too; it is hashed.
+    assert corpus.label_names == ["finance", "weather"]
+    assert corpus.split("train").labels == [1, 0] and corpus.split("dev").labels == [1]
+    assert corpus.class_file == labels and corpus.files()[0] == labels
+    with pytest.raises(UserError, match="labels file not found"):
+        load_corpus(root, labels=tmp_path / "nope.txt")
+
+
+def test_labels_file_serves_txt_folders_and_must_agree_with_class_txt(tmp_path: Path) -> None:
+    labels = write(tmp_path / "labels.txt", "a\nb\n")
+    root = folder(tmp_path / "data", {"train.txt": "甲\t0\n乙\t1\n", "dev.txt": "丙\t1\n"})
+    assert load_corpus(root, labels=labels).label_names == ["a", "b"]
+    write(root / "class.txt", "a\nb\n")
+    assert load_corpus(root, labels=labels).label_names == ["a", "b"]  # equal lists: fine
+    assert load_corpus(root, labels=root / "class.txt").class_file == root / "class.txt"
+    write(root / "class.txt", "b\na\n")
+    assert problems_of(root, labels=labels) == [
+        f"{labels}: the class list differs from {root / 'class.txt'} (b, a); keep one, or make "
+        "them equal"
+    ]
+
+
+def test_inferred_labels_differing_in_case_space_or_width_are_errors(tmp_path: Path) -> None:
+    rows = [{"text": f"财{i}", "label": "finance"} for i in range(5)]
+    rows += [{"text": f"天{i}", "label": "weather"} for i in range(5)]
+    rows += [
+        {"text": "涨", "label": "Finance"},
+        {"text": "雨", "label": "weather "},
+        {"text": "宽", "label": "ｆｉｎａｎｃｅ"},
+    ]
+    root = folder(tmp_path, {"train.jsonl": jsonl(*rows), "dev.jsonl": jsonl(rows[0])})
+    train = root / "train.jsonl"
+    hint = "if they are different classes, list the classes in class.txt or --labels"
+    assert problems_of(root) == [
+        f"{train}:11: label 'Finance' (1 rows) and 'finance' (line 1, 5 rows) differ only in "
+        f"case, spaces or character width; if they are one class, use one spelling; {hint}",
+        f"{train}:12: label 'weather ' (1 rows) and 'weather' (line 6, 5 rows) differ only in "
+        f"case, spaces or character width; if they are one class, use one spelling; {hint}",
+        f"{train}:13: label 'ｆｉｎａｎｃｅ' (1 rows) and 'finance' (line 1, 5 rows) differ only "
+        f"in case, spaces or character width; if they are one class, use one spelling; {hint}",
+    ]
+    # An explicit list settles it: the rows are then checked against it instead (class.txt
+    # names are stripped, so 'weather ' still needs fixing).
+    write(root / "class.txt", "finance\nweather\nFinance\nｆｉｎａｎｃｅ\n")
+    assert problems_of(root) == [
+        f"{train}:12: label 'weather ' is not in class.txt (finance, weather, Finance, "
+        "ｆｉｎａｎｃｅ); did you mean 'weather'?"
+    ]
+
+
+def test_single_row_look_alike_of_a_frequent_label_is_an_error(tmp_path: Path) -> None:
+    rows = [{"text": f"财{i}", "label": "finance"} for i in range(10)]
+    rows += [{"text": f"体{i}", "label": "sports"} for i in range(10)]
+    rows += [{"text": "错", "label": "fiannce"}]  # swapped letters
+    root = folder(tmp_path, {"train.jsonl": jsonl(*rows), "dev.jsonl": jsonl(rows[0])})
+    (problem,) = problems_of(root)
+    assert problem == (
+        f"{root / 'train.jsonl'}:21: label 'fiannce' has a single row and is one letter away "
+        "from 'finance' (line 1, 10 rows): a typo? if so, fix it; if they are different "
+        "classes, list the classes in class.txt or --labels"
+    )
+
+
+def test_clean_thucnews_like_labels_pass_and_lonely_rare_classes_only_warn(
+    tmp_path: Path,
+) -> None:
+    # THUCNews' own names include one-edit pairs (时尚/时政); with many rows each, and with
+    # 2-character names, neither rule fires.
+    names = ["时尚", "时政", "体育", "财经", "sports", "sport"]
+    rows = [{"text": f"{n}{i}", "label": n} for n in names for i in range(12)]
+    dev = jsonl({"text": "新", "label": "体育"})
+    root = folder(tmp_path, {"train.jsonl": jsonl(*rows), "dev.jsonl": dev})
+    corpus = load_corpus(root)
+    assert corpus.num_labels == 6 and corpus.warnings == []
+    # A single-row class next to many-row ones, with no look-alike (or a 2-character one):
+    # a warning to look at, not an error.
+    rows += [{"text": "星", "label": "星座"}, {"text": "时", "label": "时事"}]
+    write(root / "train.jsonl", jsonl(*rows))
+    corpus = load_corpus(root)
+    assert corpus.num_labels == 8
+    assert corpus.warnings[0] == (
+        "train.jsonl: class(es) with a single row: 时事, 星座 (others have up to 12); check them "
+        "for typos, or list the classes in class.txt"
+    )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -67,3 +68,61 @@ def test_few_labels_workflow_is_one_config(
     assert (none["labelled_rows"], none["transfer_rows"]) == (6, 6)
     assert (soft["labelled_rows"], soft["transfer_rows"]) == (6, 30)
     assert (result.out / "report-test" / "compare.md").is_file()
+
+
+def _folder(root: Path, files: dict[str, str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (root / name).write_text(content, encoding="utf-8")
+    return root
+
+
+def test_a_subset_left_with_one_class_is_an_error(tmp_path: Path) -> None:
+    from textdistill.core.config import Config
+    from textdistill.core.errors import UserError
+
+    # 9 rows of a, 1 of b: a 2-row stratified subset keeps only a (largest remainder).
+    train = "".join(f"甲{i}\t0\n" for i in range(9)) + "乙\t1\n"
+    root = _folder(tmp_path / "d", {"class.txt": "a\nb", "train.txt": train, "dev.txt": "丙\t1\n"})
+    corpus = load_corpus(root)
+    cfg = apply_overrides(Config(), {"data.dir": str(root)})
+    assert len(prepare_training_data(cfg, corpus).train) == 10
+    limited = apply_overrides(cfg, {"data.train_limit": 2})
+    with pytest.raises(UserError) as info:
+        prepare_training_data(limited, corpus)
+    assert str(info.value) == (
+        f"{root / 'train.txt'}: only one class (a) in the training rows after "
+        "data.train_limit=2; a classifier needs rows of at least 2 classes; raise "
+        "data.train_limit or lower data.holdout"
+    )
+    # The holdout can take a rare class's only row away too: 6 of 10 rows stratified give
+    # a 5.4 -> 5 and b 0.6 -> 1 (the larger remainder).
+    with pytest.raises(
+        UserError, match=re.escape("(a) in the training rows after data.holdout=6;")
+    ):
+        prepare_training_data(apply_overrides(cfg, {"data.holdout": 6}), corpus)
+
+
+def test_open_corpus_reads_data_labels(tmp_path: Path) -> None:
+    from textdistill.core.config import Config
+    from textdistill.core.errors import DataError
+    from textdistill.data.splits import open_corpus
+
+    labels = _folder(tmp_path / "meta", {"labels.txt": "x\ny\n"}) / "labels.txt"
+    root = _folder(
+        tmp_path / "d",
+        {
+            "train.jsonl": '{"text": "甲", "label": "y"}\n{"text": "乙", "label": "x"}\n',
+            "dev.jsonl": '{"text": "丙", "label": "X"}\n',
+        },
+    )
+    cfg = apply_overrides(Config(), {"data.dir": str(root)})
+    with pytest.raises(DataError, match=re.escape("label 'X' is not in the labels of train.jsonl")):
+        open_corpus(cfg)
+    with pytest.raises(
+        DataError, match=re.escape(f"label 'X' is not in {labels} (x, y); did you mean 'x'?")
+    ):
+        open_corpus(apply_overrides(cfg, {"data.labels": str(labels)}))
+    (root / "dev.jsonl").write_text('{"text": "丙", "label": "x"}\n', encoding="utf-8")
+    corpus = open_corpus(apply_overrides(cfg, {"data.labels": str(labels)}))
+    assert corpus.label_names == ["x", "y"] and corpus.class_file == labels

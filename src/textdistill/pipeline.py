@@ -80,14 +80,15 @@ def _done(folder: Path, key: str) -> bool:
 def _key_config(cfg: Config, *sections: str) -> dict[str, Any]:
     """The config sections a stage depends on, without what cannot change its output.
 
-    The data folder's location is left out (its files' hash is part of every key, so a moved
-    folder is the same data) and so are the training settings in
-    :data:`~textdistill.core.config.OUTPUT_ONLY`.
+    The locations of the data folder and of a ``data.labels`` file are left out (their
+    files' hash is part of every key, so moved files are the same data) and so are the
+    training settings in :data:`~textdistill.core.config.OUTPUT_ONLY`.
     """
     c = cfg.to_dict()
     out = {name: copy.deepcopy(c[name]) for name in sections}
     if "data" in out:
         out["data"].pop("dir", None)
+        out["data"].pop("labels", None)
     for section, train in _TRAIN_SECTIONS:
         if section in out:
             for key in OUTPUT_ONLY:

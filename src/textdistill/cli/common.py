@@ -84,10 +84,20 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from textdistill.core.errors import UserError
+        from textdistill.core.errors import RESUME_HINT, UserError
+        from textdistill.core.io import as_write_error, write_error
 
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:
+                # The last net for a full disk or a read-only folder anywhere: every write is
+                # atomic, so whatever was being written is simply absent.
+                if isinstance(err, ConfigError | UserError) or as_write_error(err) is None:
+                    raise
+                raise write_error(
+                    "a file", err, kept="nothing partial was left", hint=RESUME_HINT
+                ) from err
         except (ConfigError, UserError) as err:
             # Escaped: messages quote user text (e.g. "[图]" in a title), which is not markup.
             # Soft wrap: a "file:line:" prefix must stay on one line for editors and grep.
@@ -100,6 +110,11 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 DataOpt = typer.Option(
     None, "--data", "-d", help="Data folder (THUCNews layout); default: the built-in sample."
+)
+LabelsOpt = typer.Option(
+    None,
+    "--labels",
+    help="Class list (one name per line, like class.txt); JSONL labels not in it are errors.",
 )
 EpochsOpt = typer.Option(None, "--epochs", help="Training epochs.")
 BatchOpt = typer.Option(
@@ -117,6 +132,14 @@ LabelMapOpt = typer.Option(
     "--label-map",
     help="File of 'teacher label<TAB>data label' lines, for teachers with other class names.",
 )
+
+
+def data_overrides(data: Path | None, labels: Path | None) -> dict[str, Any]:
+    """``--data`` and ``--labels`` as config overrides (unset flags keep the file's values)."""
+    return {
+        "data.dir": str(data) if data else None,
+        "data.labels": str(labels) if labels else None,
+    }
 
 
 def train_overrides(

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from textdistill.cli.common import VerboseOpt, console, setup_logging, user_errors
+from textdistill.cli.common import LabelsOpt, VerboseOpt, console, setup_logging, user_errors
 from textdistill.data.corpus import CheckReport, check_corpus, load_corpus
 from textdistill.data.sample import SAMPLES, fetch
 
@@ -48,15 +48,19 @@ def check_cmd(
         50, "--max-errors", min=1, help="List at most this many problems (all are counted)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    labels: Path | None = LabelsOpt,
 ) -> None:
     """Validate a data folder and summarise it; exit code 1 when it has errors.
 
     Expects train.txt, dev.txt and optionally test.txt with 'text<TAB>label_id' lines
     plus class.txt (line i names label i), or train.jsonl ... with {"text", "label"}
-    objects. Every problem is listed as file:line: what is wrong. Duplicates and texts
-    shared between splits are warnings.
+    objects, whose labels must be in class.txt or --labels FILE when one is given (without
+    either, look-alike names such as Finance/finance are errors). Texts without a visible
+    character, or holding control characters such as NUL, are errors, and so is a train
+    split of one class. Every problem is listed as file:line: what is wrong. Duplicates and
+    texts shared between splits are warnings.
     """
-    report = check_corpus(directory, max_errors)
+    report = check_corpus(directory, max_errors, labels=labels)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2))
     else:

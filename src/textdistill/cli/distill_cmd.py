@@ -12,6 +12,7 @@ from textdistill.cli.common import (
     DataOpt,
     EpochsOpt,
     LabelMapOpt,
+    LabelsOpt,
     LrOpt,
     MaxLenOpt,
     QuietOpt,
@@ -19,6 +20,7 @@ from textdistill.cli.common import (
     SeedOpt,
     VerboseOpt,
     console,
+    data_overrides,
     resolve_config,
     setup_logging,
     train_overrides,
@@ -37,6 +39,7 @@ def distill(
         "ensemble folder; repeat for ensemble distillation.",
     ),
     data: Path | None = DataOpt,
+    labels: Path | None = LabelsOpt,
     mode: str | None = typer.Option(
         None, "--mode", "-m", help="none (no teacher), hard, soft or hidden."
     ),
@@ -107,7 +110,7 @@ def distill(
     cfg = resolve_config(
         config,
         {
-            "data.dir": str(data) if data else None,
+            **data_overrides(data, labels),
             "distill.teachers": [str(t) for t in teacher] if teacher else None,
             "distill.mode": mode,
             "distill.temperature": temperature,

@@ -9,8 +9,10 @@ import typer
 
 from textdistill.cli.common import (
     DataOpt,
+    LabelsOpt,
     VerboseOpt,
     console,
+    data_overrides,
     setup_logging,
     user_errors,
 )
@@ -36,6 +38,7 @@ def run(
     config: Path = typer.Argument(..., help="Pipeline config (YAML)."),
     out: Path = typer.Option(Path("runs/pipeline"), "--out", "-o", help="Output folder."),
     data: Path | None = DataOpt,
+    labels: Path | None = LabelsOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """Run data -> teacher -> soft targets -> students -> report from one config file.
@@ -46,7 +49,7 @@ def run(
     from textdistill.pipeline import run_pipeline
 
     setup_logging(verbose)
-    cfg = apply_overrides(load_config(config), {"data.dir": str(data) if data else None})
+    cfg = apply_overrides(load_config(config), data_overrides(data, labels))
     _finish(run_pipeline(cfg, out))
 
 
@@ -55,6 +58,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Output folder."),
     quick: bool = typer.Option(False, "--quick", help="A smoke run of about two minutes."),
     data: Path | None = DataOpt,
+    labels: Path | None = LabelsOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
     """The whole job on the built-in THUCNews sample with CPU-sized defaults.
@@ -67,5 +71,5 @@ def demo(
     from textdistill.pipeline import demo_config, run_pipeline
 
     setup_logging(verbose)
-    cfg = apply_overrides(demo_config(quick), {"data.dir": str(data) if data else None})
+    cfg = apply_overrides(demo_config(quick), data_overrides(data, labels))
     _finish(run_pipeline(cfg, out))

@@ -12,6 +12,7 @@ from textdistill.cli.common import (
     DataOpt,
     EpochsOpt,
     LabelMapOpt,
+    LabelsOpt,
     LrOpt,
     MaxLenOpt,
     QuietOpt,
@@ -19,6 +20,7 @@ from textdistill.cli.common import (
     SeedOpt,
     VerboseOpt,
     console,
+    data_overrides,
     resolve_config,
     setup_logging,
     train_overrides,
@@ -35,6 +37,7 @@ app = typer.Typer(
 def train(
     out: Path = typer.Option(..., "--out", "-o", help="Teacher folder to write."),
     data: Path | None = DataOpt,
+    labels: Path | None = LabelsOpt,
     model: str | None = typer.Option(
         None, "--model", help="Hugging Face checkpoint (hub id or folder) to fine-tune."
     ),
@@ -68,7 +71,7 @@ def train(
     cfg = resolve_config(
         config,
         {
-            "data.dir": str(data) if data else None,
+            **data_overrides(data, labels),
             "teacher.model": model,
             "teacher.scratch": scratch,
             "teacher.layers": layers,
@@ -108,6 +111,7 @@ def import_(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Teacher folder to write."),
     data: Path | None = DataOpt,
+    labels: Path | None = LabelsOpt,
     state_dict: Path | None = typer.Option(
         None, "--state-dict", help="A BertModel + Linear state dict (bert.*, fc.*) to load."
     ),
@@ -130,9 +134,7 @@ def import_(
     setup_logging(verbose)
     if state_dict is not None and base is None and source is None:
         raise typer.BadParameter("--state-dict needs --base CHECKPOINT (or a SOURCE)")
-    cfg = resolve_config(
-        config, {"data.dir": str(data) if data else None, "tokenizer.max_len": max_len}
-    )
+    cfg = resolve_config(config, {**data_overrides(data, labels), "tokenizer.max_len": max_len})
     meta = import_teacher(
         base or source,
         out,
@@ -157,6 +159,7 @@ def cache(
         help="Teacher folder (repeat for an ensemble, or give an ensemble folder).",
     ),
     data: Path | None = DataOpt,
+    labels: Path | None = LabelsOpt,
     split: str | None = typer.Option(
         None,
         "--split",
@@ -192,7 +195,7 @@ def cache(
     cfg = resolve_config(
         config,
         {
-            "data.dir": str(data) if data else None,
+            **data_overrides(data, labels),
             "distill.teachers": [str(t) for t in teacher],
             "distill.extra": [str(f) for f in extra] if extra else None,
             "distill.cache_batch_size": batch_size,

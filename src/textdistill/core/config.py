@@ -1,8 +1,15 @@
 """Typed, validated configuration.
 
-One nested model for the whole pipeline. YAML files are read with ``yaml.safe_load``;
-unknown keys and wrong types are errors naming the file and the dotted key. Command-line
-flags override the file through :func:`apply_overrides`.
+One nested model for the whole pipeline. YAML files are read with a safe loader that also
+reads ``1e-3``, ``5e-5`` or ``-2e+1`` as floats (plain PyYAML follows YAML 1.1, which wants
+a dot and a signed exponent, and hands such values over as strings); unknown keys and wrong
+types are errors naming the file and the dotted key. Command-line flags override the file
+through :func:`apply_overrides`, and the result is validated the same way.
+
+Numbers are finite everywhere (``inf``/``nan`` would train nothing useful) and a student
+trains for at least one epoch. ``teacher.train.epochs: 0`` stays valid: with
+``teacher.model`` it imports that checkpoint without fine-tuning; ``teacher.mlm.epochs: 0``
+skips MLM pretraining.
 
 Training settings live inside ``teacher`` and ``student`` (``teacher.train``,
 ``student.train``) rather than in one top-level ``train`` section, because the pipeline
@@ -12,8 +19,10 @@ trains both in one run and they need different learning rates and epoch budgets.
 from __future__ import annotations
 
 import copy
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,13 +32,62 @@ class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message says where."""
 
 
+class _KeyError(ValueError):
+    """A cross-field check that failed on one key below the validated section.
+
+    A model validator's error is located at the section (``student``); carrying the sub-key
+    lets :func:`_format_error` name ``student.train.epochs`` like a field error.
+    """
+
+    def __init__(self, key: str, message: str, got: Any) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+        self.got = got
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    # allow_inf_nan=False: every float field rejects inf and nan (a YAML ``.inf`` or a CLI
+    # ``--beta inf`` would otherwise be accepted and silently wreck training).
+    model_config = ConfigDict(
+        extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False
+    )
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also resolves YAML 1.2 floats such as ``1e-3``."""
+
+
+# YAML 1.2 core-schema floats that the 1.1 regex of PyYAML misses: an exponent without a
+# dot (1e-3, 1E-4), an unsigned exponent (1.0e5), a leading dot with a sign (-.5e-3) and a
+# signed exponent on an integer (-2e+1). Only forms with an exponent are added, so plain
+# integers stay integers (the int resolver is tried first anyway).
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def _parse_yaml(text: str) -> Any:
+    """Parse YAML safely (no Python objects) with the float resolver above."""
+    # Safe: _Loader is a SafeLoader subclass, which builds no Python objects.
+    return yaml.load(text, Loader=_Loader)
+
+
+def _weights_ok(weights: Sequence[float] | None) -> None:
+    """Ensemble weights as the combine rule takes them: non-negative, not all zero."""
+    if weights is not None and weights and sum(weights) <= 0:
+        raise ValueError("weights must not all be zero")
 
 
 class DataConfig(_Section):
     dir: str | None = None
     """Data folder (THUCNews layout or JSONL); ``None`` means the built-in sample."""
+    labels: str | None = None
+    """A class list (one name per line, like ``class.txt``) for the folder: JSONL labels not
+    in it are errors. Without it (and without ``class.txt``) JSONL classes are inferred from
+    the train split. When the folder has a ``class.txt`` as well, the two must agree."""
     train_split: str = "train"
     dev_split: str = "dev"
     test_split: str = "test"
@@ -134,6 +192,15 @@ class StudentConfig(_Section):
     init_embeddings: Literal["random", "teacher"] = "random"
     """``teacher``: initialise from the teacher's word embeddings projected by PCA."""
     train: TrainConfig = Field(default_factory=_student_train)
+    """``train.epochs`` must be at least 1: a student of 0 epochs would be saved untrained."""
+
+    @model_validator(mode="after")
+    def _trains(self) -> StudentConfig:
+        if self.train.epochs < 1:
+            raise _KeyError(
+                "train.epochs", "a student trains for at least 1 epoch", self.train.epochs
+            )
+        return self
 
 
 class DistillConfig(_Section):
@@ -141,7 +208,10 @@ class DistillConfig(_Section):
     """A distillation mode of :data:`textdistill.distill.losses.MODES` (checked there)."""
     teachers: list[str] = Field(default_factory=list)
     """Teacher folders; more than one means ensemble distillation."""
-    teacher_weights: list[float] | None = None
+    teacher_weights: list[Annotated[float, Field(ge=0)]] | None = None
+    """One per teacher, finite and non-negative, not all zero (the combine rule's terms;
+    a zero drops a member, as in ensemble folders); the count is checked against the
+    teachers once ensemble folders are expanded (``distill``)."""
     ensemble: Literal["logprob", "prob"] = "logprob"
     temperature: float = Field(2.0, gt=0)
     temperature_end: float | None = Field(None, gt=0)
@@ -161,6 +231,14 @@ class DistillConfig(_Section):
     augment_mask_prob: float = Field(0.1, ge=0, lt=1)
     augment_ngram_prob: float = Field(0.25, ge=0, le=1)
     augment_seed: int = 7
+
+    @model_validator(mode="after")
+    def _weights(self) -> DistillConfig:
+        try:
+            _weights_ok(self.teacher_weights)
+        except ValueError as err:
+            raise _KeyError("teacher_weights", str(err), self.teacher_weights) from None
+        return self
 
 
 class EvalConfig(_Section):
@@ -190,8 +268,16 @@ class PipelineEnsemble(_Section):
     name: str
     members: list[str] = Field(min_length=2)
     """Stage names: ``teacher`` and/or pipeline students."""
-    weights: list[float] | None = None
+    weights: list[Annotated[float, Field(ge=0)]] | None = None
     combine: Literal["logprob", "prob"] = "logprob"
+
+    @model_validator(mode="after")
+    def _weights(self) -> PipelineEnsemble:
+        try:
+            _weights_ok(self.weights)
+        except ValueError as err:
+            raise _KeyError("weights", str(err), self.weights) from None
+        return self
 
 
 def _default_students() -> list[PipelineStudent]:
@@ -230,12 +316,22 @@ class Config(_Section):
 def _format_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = [str(p) for p in e["loc"]]
+        got = e.get("input")
+        msg = e["msg"]
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, _KeyError):
+            loc.append(cause.key)
+            msg, got = cause.message, cause.got
+        elif e["type"] == "value_error" and isinstance(cause, ValueError):
+            msg = str(cause)  # without pydantic's "Value error, " prefix
+        key = ".".join(loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
+        elif isinstance(got, dict):
+            lines.append(f"{source}: {key}: {msg}")  # a whole section: too long to echo
         else:
-            got = e.get("input")
-            lines.append(f"{source}: {key}: {e['msg']} (got {got!r})")
+            lines.append(f"{source}: {key}: {msg} (got {got!r})")
     return "\n".join(lines)
 
 
@@ -257,7 +353,7 @@ def load_config(path: str | Path | None = None) -> Config:
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = _parse_yaml(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
     return config_from_dict(raw or {}, str(p))

@@ -6,14 +6,44 @@ A data folder holds one file per split plus the class names::
     class.txt                            one class name per line; line i names label i
 
 or JSONL splits (``train.jsonl`` ...) with one ``{"text": ..., "label": ...}`` object per
-line, where ``label`` is a class name or an integer id. JSONL folders may omit
-``class.txt`` when every label is a name; the classes are then the sorted distinct names of
-the first split (``train``).
+line, where ``label`` is a class name or an integer id.
+
+The class list is explicit when the folder has ``class.txt`` or the caller passes a
+``labels`` file of the same format (``--labels``, ``data.labels``; when both exist they must
+agree): then every label must be in it. JSONL folders may go without one when every label
+is a name; the classes are then the sorted distinct names of the first split (``train``),
+and names that look like typos of each other are errors, because a typo would otherwise
+become a class of its own:
+
+- two names equal after Unicode NFKC folding, case folding and whitespace collapsing
+  (``Finance``/``finance``, ``weather ``/``weather``, full-width ``ｆｉｎａｎｃｅ``);
+- a name with a single row that is one edit away from a name with at least
+  ``_FREQUENT_ROWS`` rows (``Finanse`` once, ``finance`` 500 times), for names of at least
+  3 characters (two-character Chinese names such as 时尚/时政 are different words).
+
+Clean data such as THUCNews, where every class has many rows under a distinct name, cannot
+trip either rule; a single-row class without a look-alike is only a warning.
+
+Texts: a text without a visible character (empty, whitespace, or only zero-width, BOM or
+control characters, see :func:`textdistill.core.text.has_visible_text`) is an ``empty text``
+error, and a text holding a C0 control character other than tab, newline and carriage
+return (NUL, U+0001 ... U+001F, and DEL) is an error naming it: such bytes are file damage,
+not content, and a model would see them as nothing. Tab is allowed inside a text (it
+separates the label in ``.txt`` files, where the label is after the last tab; titles
+occasionally contain one) and newlines inside JSONL strings are ordinary text.
+
+A train split whose rows cover fewer than two classes is an error: nothing can be learned
+from it (``data.holdout``/``data.train_limit`` subsets are checked again in
+:mod:`textdistill.data.splits`).
 
 Validation reads everything before failing and reports each problem as
 ``file:line: what is wrong`` so that a user fixes a file in one pass instead of one error
 per run. Suspicious but usable data (duplicates, texts shared between splits) produces
 warnings, not errors, because the public THUCNews split itself has both.
+
+Unlabeled text files (:func:`read_texts`) follow the same text rules, except that a line
+without visible text is skipped (with a counted warning, as blank lines are skipped)
+rather than an error: such a file has no columns whose alignment a skip could break.
 """
 
 from __future__ import annotations
@@ -22,6 +52,7 @@ import json
 import logging
 import random
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +62,7 @@ from typing import Any
 
 from textdistill.core.errors import DataError, UserError
 from textdistill.core.io import files_sha256
+from textdistill.core.text import has_visible_text
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +74,12 @@ MIN_CLASSES = 2
 _BOM = b"\xef\xbb\xbf"
 _LABEL_ID = re.compile(r"[0-9]+")
 _ICONV_HINT = "if it is GBK-encoded, convert it with: iconv -f gb18030 -t utf-8"
+# C0 controls and DEL, except the whitespace that ordinary text carries: tab (allowed inside
+# a text, see the module docs), newline and carriage return (JSONL strings may hold lines).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_FREQUENT_ROWS = 10
+"""Rows a class needs before a single-row look-alike of it counts as a typo (module docs)."""
+_TYPO_HINT = f"if they are different classes, list the classes in {CLASS_FILE} or --labels"
 
 
 # --------------------------------------------------------------------------------------
@@ -200,14 +238,18 @@ def load_corpus(
     required: Sequence[str] = ("train", "dev"),
     optional: Sequence[str] = ("test",),
     max_errors: int = 50,
+    labels: str | Path | None = None,
 ) -> Corpus:
     """Read and validate a data folder.
 
+    ``labels``: a class list file (one name per line, like ``class.txt``) that JSONL labels
+    must come from; the folder's ``class.txt``, if any, must then agree with it.
+
     Raises :class:`DataError` listing every problem (the first ``max_errors``, plus a count
-    of the rest) and :class:`UserError` when ``root`` is not a folder. Warnings are logged
-    and kept in ``Corpus.warnings``.
+    of the rest) and :class:`UserError` when ``root`` is not a folder or ``labels`` not a
+    file. Warnings are logged and kept in ``Corpus.warnings``.
     """
-    scan = _scan(Path(root), required, optional, max_errors)
+    scan = _scan(Path(root), required, optional, max_errors, labels)
     if scan.problems.total:
         raise DataError(scan.problems.items, scan.problems.total)
     for w in scan.warnings:
@@ -234,9 +276,13 @@ def check_corpus(
     *,
     required: Sequence[str] = ("train", "dev"),
     optional: Sequence[str] = ("test",),
+    labels: str | Path | None = None,
 ) -> CheckReport:
-    """Validate a data folder without raising on bad data; statistics cover the valid rows."""
-    scan = _scan(Path(root), required, optional, max_errors)
+    """Validate a data folder without raising on bad data; statistics cover the valid rows.
+
+    ``labels`` as in :func:`load_corpus`.
+    """
+    scan = _scan(Path(root), required, optional, max_errors, labels)
     stats = {}
     for name, sf in scan.files.items():
         counts = Counter(sf.split.labels)
@@ -257,8 +303,13 @@ def check_corpus(
     )
 
 
-def read_texts(path: str | Path) -> list[str]:
-    """Unlabeled texts, one per line; surrounding whitespace stripped, empty lines skipped."""
+def read_texts(path: str | Path, max_errors: int = 50) -> list[str]:
+    """Unlabeled texts, one per line; surrounding whitespace stripped, empty lines skipped.
+
+    Lines without a visible character (only zero-width, BOM or control characters) are
+    skipped too, with a warning that counts them; a text holding a control character (NUL,
+    ...) is a :class:`DataError` listing each such line as ``file:line`` (module docs).
+    """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: text file not found")
@@ -269,10 +320,31 @@ def read_texts(path: str | Path) -> list[str]:
         line = data.count(b"\n", 0, err.start) + 1
         raise UserError(f"{p}:{line}: not valid UTF-8; {_ICONV_HINT}") from None
     lines = [t.strip() for t in content.split("\n")]
-    texts = [t for t in lines if t]
-    skipped = len(lines) - len(texts) - (1 if content.endswith("\n") else 0)
-    if skipped:
-        logger.info("%s: skipped %d empty lines", p, skipped)
+    if content.endswith("\n"):
+        lines.pop()  # the end of the last line, not an empty line
+    texts: list[str] = []
+    empty = invisible = 0
+    problems = _Problems(max_errors)
+    for n, text in enumerate(lines, start=1):
+        if not text:
+            empty += 1
+        elif not has_visible_text(text):
+            invisible += 1
+        elif (bad := _control_problem(text)) is not None:
+            problems.add(bad, p, n)
+        else:
+            texts.append(text)
+    if problems.total:
+        raise DataError(problems.items, problems.total)
+    if empty:
+        logger.info("%s: skipped %d empty lines", p, empty)
+    if invisible:
+        logger.warning(
+            "%s: skipped %d lines without visible text (only zero-width, BOM or control "
+            "characters)",
+            p,
+            invisible,
+        )
     if not texts:
         raise UserError(f"{p}: contains no text (expected one text per line)")
     return texts
@@ -354,7 +426,13 @@ class _SplitFile:
     path: Path
     rows: list[_Row]
     blank_lines: int
+    n_lines: int = 0
     split: Split = field(init=False)
+
+    @property
+    def bad_lines(self) -> int:
+        """Lines that are neither blank nor a valid row (each is a reported problem)."""
+        return self.n_lines - self.blank_lines - len(self.split)
 
     @property
     def is_txt(self) -> bool:
@@ -369,23 +447,60 @@ class _Scan:
     class_file: Path | None = None
     files: dict[str, _SplitFile] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    warnings_early: list[str] = field(default_factory=list)
+    """Warnings found while picking the classes, listed before the quality warnings."""
 
 
-def _scan(root: Path, required: Sequence[str], optional: Sequence[str], max_errors: int) -> _Scan:
+def _scan(
+    root: Path,
+    required: Sequence[str],
+    optional: Sequence[str],
+    max_errors: int,
+    labels: str | Path | None = None,
+) -> _Scan:
     if not root.exists():
         raise UserError(f"{root}: data folder not found")
     if not root.is_dir():
         raise UserError(f"{root}: not a folder (expected a data folder with train.txt, ...)")
+    labels_path = None if labels is None else Path(labels)
+    if labels_path is not None and not labels_path.is_file():
+        raise UserError(
+            f"{labels_path}: labels file not found (--labels / data.labels: one class name "
+            "per line, like class.txt)"
+        )
     scan = _Scan(root=root, problems=_Problems(max_errors))
     paths = _find_split_files(root, required, optional, scan.problems)
     scan.problems.rank[root / CLASS_FILE] = 1
+    if labels_path is not None:
+        scan.problems.rank[labels_path] = 1
     for i, path in enumerate(paths.values()):
         scan.problems.rank[path] = 2 + i
     for name, path in paths.items():
         scan.files[name] = _parse_split_file(name, path, scan.problems)
-    _resolve_labels(scan)
-    scan.warnings = _quality_warnings(scan)
+    _resolve_labels(scan, labels_path)
+    train = scan.files.get(required[0]) if required else None
+    if train is not None:
+        _check_training_classes(train, scan.label_names, scan.problems)
+    scan.warnings = scan.warnings_early + _quality_warnings(scan)
     return scan
+
+
+def _check_training_classes(train: _SplitFile, names: list[str], problems: _Problems) -> None:
+    """Fewer than two classes among the train rows is an error: nothing can be learned.
+
+    Skipped when the class list itself is too short (already reported) or when lines of the
+    file were rejected (the rejected rows may hold the other classes; the message would
+    mislead until they are fixed).
+    """
+    present = sorted(set(train.split.labels) - {UNLABELED})
+    if len(names) < MIN_CLASSES or not present or train.bad_lines or len(present) >= 2:
+        return
+    name = names[present[0]] if 0 <= present[0] < len(names) else str(present[0])
+    problems.add(
+        f"only one class ({name}) in the training rows; a classifier needs rows of at least "
+        f"{MIN_CLASSES} classes",
+        train.path,
+    )
 
 
 def _find_split_files(
@@ -471,7 +586,24 @@ def _parse_split_file(name: str, path: Path, problems: _Problems) -> _SplitFile:
         problems.add("the file is empty", path)
     elif blank == n_lines:
         problems.add("the file has only blank lines", path)
-    return _SplitFile(name, path, rows, blank)
+    return _SplitFile(name, path, rows, blank, n_lines)
+
+
+def _text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a training row (module docs), or None."""
+    if not has_visible_text(text):
+        if not text.strip():
+            return "empty text"
+        shown = ", ".join(f"U+{ord(c):04X}" for c in dict.fromkeys(text) if not c.isspace())
+        return f"empty text (only invisible characters: {_clip(shown, 40)})"
+    return _control_problem(text)
+
+
+def _control_problem(text: str) -> str | None:
+    found = _CONTROL.search(text)
+    if found is None:
+        return None
+    return f"text holds control character U+{ord(found.group()):04X}"
 
 
 def _parse_txt_line(line: str) -> tuple[str, str] | str:
@@ -480,8 +612,8 @@ def _parse_txt_line(line: str) -> tuple[str, str] | str:
         return f"no tab: expected 'text<TAB>label_id', got {_clip(line)!r}"
     # The label is after the LAST tab: labels never contain one, titles occasionally do.
     text, label = line.rsplit("\t", 1)
-    if not text.strip():
-        return "empty text"
+    if (problem := _text_problem(text)) is not None:
+        return problem
     return text, label.strip()
 
 
@@ -495,8 +627,8 @@ def _parse_jsonl_line(line: str) -> tuple[str, str | int] | str:
     text = obj.get("text")
     if not isinstance(text, str):
         return "'text' is missing or not a string"
-    if not text.strip():
-        return "empty text"
+    if (problem := _text_problem(text)) is not None:
+        return problem
     if "label" not in obj:
         return "'label' is missing"
     label = obj["label"]
@@ -526,11 +658,25 @@ def _read_class_file(path: Path, problems: _Problems) -> list[str]:
     return names
 
 
-def _resolve_labels(scan: _Scan) -> None:
+def _resolve_labels(scan: _Scan, labels_path: Path | None = None) -> None:
     """Pick the class names, then turn every row's label into an id (or a problem)."""
     class_path = scan.root / CLASS_FILE
     resolver: _LabelResolver
-    if class_path.is_file():
+    if labels_path is not None:
+        scan.class_file = labels_path
+        names = _read_class_file(labels_path, scan.problems)
+        _check_class_count(names, labels_path, scan.problems)
+        if class_path.is_file() and labels_path.resolve() != class_path.resolve():
+            # Two lists that disagree would give txt ids or JSONL names two meanings.
+            theirs = _read_class_file(class_path, _Problems(1))
+            if theirs != names:
+                scan.problems.add(
+                    f"the class list differs from {class_path} ({_preview(theirs)}); "
+                    f"keep one, or make them equal",
+                    labels_path,
+                )
+        resolver = _LabelResolver(names, str(labels_path))
+    elif class_path.is_file():
         scan.class_file = class_path
         names = _read_class_file(class_path, scan.problems)
         _check_class_count(names, class_path, scan.problems)
@@ -551,6 +697,7 @@ def _resolve_labels(scan: _Scan) -> None:
         resolver = _LabelResolver(derived, f"the labels of {first.path.name}" if first else "")
         if first is not None:
             _check_class_count(derived, first.path, scan.problems, f" (no {CLASS_FILE})")
+            scan.warnings_early = _look_alike_labels(first, scan.problems)
 
     for sf in scan.files.values():
         texts: list[str] = []
@@ -564,6 +711,88 @@ def _resolve_labels(scan: _Scan) -> None:
                 labels.append(result)
         sf.split = Split(sf.name, texts, labels, sf.path)
     scan.label_names = resolver.display_names()
+
+
+def _fold(name: str) -> str:
+    """``name`` without the differences a typo makes invisible: Unicode width and
+    compatibility forms (NFKC), case, and leading, trailing or repeated whitespace."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """True when ``b`` is ``a`` with one character inserted, deleted or replaced, or two
+    neighbours swapped (a Damerau-Levenshtein distance of 1)."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        if len(diff) == 1:
+            return True
+        i = diff[0]
+        return len(diff) == 2 and diff[1] == i + 1 and a[i] == b[i + 1] and a[i + 1] == b[i]
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    i = next((k for k, (x, y) in enumerate(zip(short, long, strict=False)) if x != y), len(short))
+    return short[i:] == long[i + 1 :]
+
+
+def _look_alike_labels(train: _SplitFile, problems: _Problems) -> list[str]:
+    """Inferred class names that look like typos of each other (rules in the module docs)
+    become problems at the line of the rarer one; returns warnings for single-row classes
+    without a look-alike."""
+    counts: Counter[str] = Counter()
+    first_line: dict[str, int] = {}
+    for row in train.rows:
+        if isinstance(row.label, str):
+            counts[row.label] += 1
+            first_line.setdefault(row.label, row.line)
+    flagged: set[str] = set()
+    by_fold: dict[str, list[str]] = {}
+    for name in counts:
+        by_fold.setdefault(_fold(name), []).append(name)
+    for variants in by_fold.values():
+        if len(variants) < 2:
+            continue
+        # The most frequent spelling is taken as the intended one (ties: the first seen).
+        main = max(variants, key=lambda n: (counts[n], -first_line[n]))
+        for name in variants:
+            if name != main:
+                flagged.add(name)
+                problems.add(
+                    f"label {name!r} ({counts[name]} rows) and {main!r} (line "
+                    f"{first_line[main]}, {counts[main]} rows) differ only in case, spaces or "
+                    f"character width; if they are one class, use one spelling; {_TYPO_HINT}",
+                    train.path,
+                    first_line[name],
+                )
+    frequent = [n for n, c in counts.items() if c >= _FREQUENT_ROWS]
+    single = [n for n, c in counts.items() if c == 1 and n not in flagged]
+    lonely: list[str] = []
+    for name in single:
+        folded = _fold(name)
+        like = next(
+            (
+                f
+                for f in frequent
+                if len(folded) >= 3 and len(_fold(f)) >= 3 and _one_edit_apart(folded, _fold(f))
+            ),
+            None,
+        )
+        if like is None:
+            lonely.append(name)
+            continue
+        problems.add(
+            f"label {name!r} has a single row and is one letter away from {like!r} (line "
+            f"{first_line[like]}, {counts[like]} rows): a typo? if so, fix it; {_TYPO_HINT}",
+            train.path,
+            first_line[name],
+        )
+    if lonely and frequent:
+        return [
+            f"{train.path.name}: class(es) with a single row: {_preview(sorted(lonely))} "
+            f"(others have up to {max(counts.values())}); check them for typos, or list the "
+            f"classes in {CLASS_FILE}"
+        ]
+    return []
 
 
 def _needs_class_file(files: Iterable[_SplitFile]) -> bool:
@@ -600,7 +829,9 @@ class _LabelResolver:
         if self.names is None:
             return f"label {label!r} cannot be looked up without {CLASS_FILE}"
         if label not in self.index:
-            return f"label {label!r} is not in {self.source} ({_preview(self.names)})"
+            msg = f"label {label!r} is not in {self.source} ({_preview(self.names)})"
+            close = [n for n in self.names if _fold(n) == _fold(label)]
+            return msg + (f"; did you mean {close[0]!r}?" if close else "")
         return self.index[label]
 
     def _check_id(self, label: int) -> int | str:

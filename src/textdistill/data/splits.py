@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from textdistill.core.config import Config
-from textdistill.data.corpus import Corpus, Split, stratified_subset
+from textdistill.core.errors import UserError
+from textdistill.data.corpus import MIN_CLASSES, UNLABELED, Corpus, Split, stratified_subset
 
 
 @dataclass
@@ -27,7 +28,13 @@ class TrainingData:
 
 
 def prepare_training_data(cfg: Config, corpus: Corpus) -> TrainingData:
-    """Apply ``data.holdout`` and ``data.train_limit`` deterministically (``data.seed``)."""
+    """Apply ``data.holdout`` and ``data.train_limit`` deterministically (``data.seed``).
+
+    Raises:
+        UserError: the labelled training rows left cover fewer than two classes (the
+            corpus checks the whole train split; a small holdout or train_limit subset of a
+            rare class can still leave one).
+    """
     d = cfg.data
     train = corpus.split(d.train_split)
     report = {
@@ -43,7 +50,29 @@ def prepare_training_data(cfg: Config, corpus: Corpus) -> TrainingData:
         train, rest = stratified_subset(train, d.train_limit, d.seed)
         if d.unlabeled_rest:
             unlabeled = list(rest.texts)
+    _check_classes(train, corpus, d.holdout, d.train_limit)
     return TrainingData(train=train, select=select, unlabeled_texts=unlabeled, report=report)
+
+
+def _check_classes(
+    train: Split, corpus: Corpus, holdout: int | None, train_limit: int | None
+) -> None:
+    present = sorted(set(train.labels) - {UNLABELED})
+    if len(present) >= MIN_CLASSES:
+        return
+    where = train.path if train.path is not None else corpus.root
+    found = f"only one class ({corpus.label_names[present[0]]})" if present else "no labelled rows"
+    subsets = " and ".join(
+        f"data.{key}={value}"
+        for key, value in (("holdout", holdout), ("train_limit", train_limit))
+        if value is not None
+    )
+    after = f" after {subsets}" if subsets else ""
+    hint = "; raise data.train_limit or lower data.holdout" if subsets else ""
+    raise UserError(
+        f"{where}: {found} in the training rows{after}; a classifier needs rows of at least "
+        f"{MIN_CLASSES} classes{hint}"
+    )
 
 
 def open_corpus(cfg: Config, also: Sequence[str] = ()) -> Corpus:
@@ -64,5 +93,9 @@ def open_corpus(cfg: Config, also: Sequence[str] = ()) -> Corpus:
     wanted = [d.dev_split, d.test_split, *cfg.pipeline.report_splits, *also]
     optional = [name for name in dict.fromkeys(wanted) if name not in required]
     return load_corpus(
-        root, required=tuple(dict.fromkeys(required)), optional=optional, max_errors=d.max_errors
+        root,
+        required=tuple(dict.fromkeys(required)),
+        optional=optional,
+        max_errors=d.max_errors,
+        labels=d.labels,
     )

@@ -204,7 +204,14 @@ def _source_key(source: str, cfg: Config, corpus: Corpus, label_map: dict[str, s
     else:
         files = {"hub_id": source}
     blob = json.dumps(
-        [files, corpus.label_names, label_map, cfg.tokenizer.max_len, cfg.data.model_dump()],
+        # data.labels is left out: the class names it gives are in the key already.
+        [
+            files,
+            corpus.label_names,
+            label_map,
+            cfg.tokenizer.max_len,
+            cfg.data.model_dump(exclude={"labels"}),
+        ],
         sort_keys=True,
         default=str,
     )
