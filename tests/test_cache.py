@@ -6,8 +6,13 @@ values only need to be non-trivial, not good.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import pickle
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +25,9 @@ from typer.testing import CliRunner
 
 from textdistill.cli import app
 from textdistill.core.errors import UserError
+from textdistill.core.io import file_sha256
 from textdistill.data.batching import encoded_batch
-from textdistill.data.tokenization import build_tokenizer, encode
+from textdistill.data.tokenization import build_tokenizer, encode, encode_cache_path
 from textdistill.distill import cache
 from textdistill.distill.cache import SoftTargets, build_soft_targets
 from textdistill.models.ensemble import combine_ensemble
@@ -211,8 +217,11 @@ def test_rebuild_runs_again_and_a_failed_rebuild_keeps_the_cache(
 
 
 def test_changed_teacher_weights_invalidate_the_cache(
-    tmp_path: Path, models: dict[str, Path], runs: RunCounter
+    tmp_path: Path, models: dict[str, Path], runs: RunCounter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Folders whose files changed after saving load only when allowed (models.folders); the
+    # cache must then follow the files, not the stale stored fingerprint.
+    monkeypatch.setenv("TEXTDISTILL_ALLOW_MODIFIED", "1")
     teacher = tmp_path / "teacher"
     shutil.copytree(models["a"], teacher)
     before = build([teacher], tmp_path / "cache")
@@ -256,12 +265,14 @@ def test_changed_texts_make_another_cache(
 
 
 def test_tampered_manifest_is_rebuilt(
-    tmp_path: Path, models: dict[str, Path], runs: RunCounter
+    tmp_path: Path, models: dict[str, Path], runs: RunCounter, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = build([models["a"]], tmp_path / "cache")
     manifest = first.path / "manifest.json"
     manifest.write_text(manifest.read_text(encoding="utf-8").replace('"rows": 9', '"rows": 8'))
-    second = build([models["a"]], tmp_path / "cache")
+    with caplog.at_level(logging.WARNING, logger="textdistill.distill.cache"):
+        second = build([models["a"]], tmp_path / "cache")
+    assert "does not match the key its folder is named by" in caplog.text
     assert runs.calls == 2 and second.path == first.path
     assert second.manifest["rows"] == len(TEXTS)
 
@@ -442,3 +453,185 @@ def test_teacher_cache_command_user_errors(tmp_path: Path, corpus_builder: Any) 
     )
     assert result.exit_code == 2
     assert "model folder not found" in result.output
+
+
+# ------------------------------------------------------------------------------ damage
+
+
+def _rewrite_logits(folder: Path, values: np.ndarray, *, allow_pickle: bool = False) -> None:
+    """A forgery: new logits with a manifest updated to match (checksum and shape), so only
+    the structural checks can catch it."""
+    np.save(folder / "logits.npy", values, allow_pickle=allow_pickle)
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest["arrays"]["logits.npy"].update(
+        sha256=file_sha256(folder / "logits.npy"), shape=list(values.shape)
+    )
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def _flip_last_byte(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[-1] ^= 0x40
+    file.write_bytes(bytes(data))
+
+
+def _edit_manifest(folder: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    edit(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def _logits(folder: Path) -> np.ndarray:
+    return np.load(folder / "logits.npy")
+
+
+CACHE_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "truncated logits": (
+        lambda f: (f / "logits.npy").write_bytes((f / "logits.npy").read_bytes()[:150]),
+        "logits.npy does not match its recorded sha256",
+    ),
+    "zeroed logits": (
+        lambda f: np.save(f / "logits.npy", np.zeros_like(_logits(f))),
+        "logits.npy does not match its recorded sha256",
+    ),
+    "reversed rows": (
+        lambda f: np.save(f / "logits.npy", _logits(f)[::-1].copy()),
+        "logits.npy does not match its recorded sha256",
+    ),
+    "flipped bit": (
+        lambda f: _flip_last_byte(f / "logits.npy"),
+        "logits.npy does not match its recorded sha256",
+    ),
+    "deleted logits": (lambda f: (f / "logits.npy").unlink(), "logits.npy is missing"),
+    "garbage manifest": (
+        lambda f: (f / "manifest.json").write_text("{not json", encoding="utf-8"),
+        "not readable JSON",
+    ),
+    "non-object manifest": (
+        lambda f: (f / "manifest.json").write_text("[1, 2, 3]", encoding="utf-8"),
+        "holds a JSON list, not an object",
+    ),
+    "pickled manifest": (
+        lambda f: (f / "manifest.json").write_bytes(pickle.dumps({"rows": 9})),
+        "not readable JSON",
+    ),
+    "deleted manifest": (lambda f: (f / "manifest.json").unlink(), "manifest.json is missing"),
+    "manifest without checksums": (
+        lambda f: _edit_manifest(f, lambda m: m.pop("arrays")),
+        "manifest.json lacks arrays",
+    ),
+    "manifest with bad teachers": (
+        lambda f: _edit_manifest(f, lambda m: m.update(teachers="a")),
+        "'teachers' is not a list of objects",
+    ),
+    "wrong column count": (
+        lambda f: _rewrite_logits(f, _logits(f)[:, :2].copy()),
+        "logits.npy has shape [9, 2], expected [9, 3]",
+    ),
+    "NaN logits": (
+        lambda f: _rewrite_logits(f, np.where(np.eye(9, 3) > 0, np.nan, _logits(f))),
+        "logits.npy holds NaN or infinite values",
+    ),
+    "pickled logits": (
+        lambda f: _rewrite_logits(f, _logits(f).astype(object), allow_pickle=True),
+        "logits.npy is not a plain .npy array",
+    ),
+    "float64 logits": (
+        lambda f: _rewrite_logits(f, _logits(f).astype(np.float64)),
+        "logits.npy has dtype float64, expected float32",
+    ),
+    "damaged pooled": (
+        lambda f: _flip_last_byte(f / "pooled.npy"),
+        "pooled.npy does not match its recorded sha256",
+    ),
+    "deleted pooled": (lambda f: (f / "pooled.npy").unlink(), "pooled.npy is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", list(CACHE_DAMAGE))
+def test_a_damaged_cache_is_rebuilt_with_a_warning(
+    tmp_path: Path,
+    models: dict[str, Path],
+    runs: RunCounter,
+    caplog: pytest.LogCaptureFixture,
+    damage: str,
+) -> None:
+    first = build([models["a"]], tmp_path / "cache")
+    folder = first.path
+    assert first.pooled is not None
+    want_logits, want_pooled = np.array(first.logits), np.array(first.pooled)
+    del first  # drop the memory maps before the files are rewritten under them
+    spoil, says = CACHE_DAMAGE[damage]
+    spoil(folder)
+
+    with caplog.at_level(logging.WARNING, logger="textdistill.distill.cache"):
+        again = build([models["a"]], tmp_path / "cache")
+    assert runs.calls == 2, "the damaged cache was used"
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "damaged" in warned[0] and "rebuilding" in warned[0], warned
+    assert says in warned[0], warned
+    assert again.path == folder
+    np.testing.assert_array_equal(again.logits, want_logits)
+    assert again.pooled is not None
+    np.testing.assert_array_equal(again.pooled, want_pooled)
+
+    runs.fail = True  # the rebuilt cache is valid again
+    third = build([models["a"]], tmp_path / "cache")
+    np.testing.assert_array_equal(third.logits, want_logits)
+
+
+def test_manifest_records_the_checksum_of_every_array(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    targets = build([models["a"]], tmp_path / "cache")
+    arrays = targets.manifest["arrays"]
+    assert set(arrays) == {"logits.npy", "pooled.npy"}
+    for name, info in arrays.items():
+        assert info["sha256"] == file_sha256(targets.path / name)
+    assert arrays["logits.npy"]["shape"] == [len(TEXTS), 3]
+    assert arrays["pooled.npy"]["dtype"] == "float16"
+    assert targets.manifest["version"] == cache.CACHE_VERSION
+
+
+def test_soft_targets_are_never_built_from_a_tampered_encode_cache(
+    tmp_path: Path, models: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    enc_dir = tmp_path / "encoded"
+    build([models["a"]], tmp_path / "cache", encode_cache_dir=enc_dir)
+    loaded = load_model(models["a"])
+    entry = encode_cache_path(loaded.tokenizer, TEXTS, MAX_LEN, cache_dir=enc_dir)
+    with np.load(entry) as data:  # rows reversed, the stored checksum kept
+        np.savez(entry, ids=data["ids"][::-1], lengths=data["lengths"][::-1], sha256=data["sha256"])
+
+    with caplog.at_level(logging.WARNING, logger="textdistill.data.tokenization"):
+        rebuilt = build([models["a"]], tmp_path / "cache", encode_cache_dir=enc_dir, rebuild=True)
+    assert "damaged encode cache entry" in caplog.text
+    np.testing.assert_allclose(rebuilt.logits, live(models["a"])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_checksum_verification_cost_is_small(tmp_path: Path) -> None:
+    """What verifying a large cache costs (the manifest's sha256 and the finite check); the
+    measured times go to the log, the bound is loose for a busy test machine."""
+    rows, classes, width = 45_000, 10, 768
+    folder = tmp_path / "big"
+    folder.mkdir()
+    # The cost depends on the bytes' count, not their values: constant arrays are quick to make.
+    np.save(folder / "logits.npy", np.full((rows, classes), 0.5, np.float32))
+    np.save(folder / "pooled.npy", np.full((rows, width), 0.25, np.float16))
+    manifest = {
+        "version": cache.CACHE_VERSION,
+        "teachers": [],
+        "ensemble": "single",
+        "texts_sha256": "",
+        "rows": rows,
+        "arrays": {},
+    }
+    manifest["arrays"] = cache._array_records(folder)
+    t0 = time.perf_counter()
+    arrays = cache._verify_arrays(folder, manifest, {"rows": rows, "classes": ["c"] * classes})
+    elapsed = time.perf_counter() - t0
+    assert set(arrays) == {"logits.npy", "pooled.npy"}
+    logging.getLogger(__name__).info(
+        "verified 45k x 10 logits + 45k x 768 pooled in %.2fs", elapsed
+    )
+    assert elapsed < 5.0, elapsed

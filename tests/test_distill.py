@@ -504,3 +504,51 @@ def test_a_new_mode_is_one_spec(
     bad = run_distill(tiny_corpus, tmp_path / "t", "--mode", "kd2", "-q", teacher=tiny_teacher)
     assert bad.exit_code == 2
     assert "unknown distillation mode 'kd2'; valid: none, hard, soft, hidden, kd" in bad.stderr
+
+
+def _rotate_train_labels(corpus: Path) -> str:
+    """Give every training row another class (same texts, same row count); returns the
+    original file's text, to restore it."""
+    train = corpus / "train.txt"
+    before = train.read_text(encoding="utf-8")
+    rows = [line.rsplit("\t", 1) for line in before.splitlines()]
+    train.write_text("".join(f"{t}\t{(int(y) + 1) % 3}\n" for t, y in rows), encoding="utf-8")
+    return before
+
+
+def test_resume_refuses_changed_labels_or_settings_and_says_what_changed(
+    tmp_path: Path,
+    tiny_teacher: Path,
+    corpus_builder: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    corpus = corpus_builder(tmp_path / "data", per_class=10)  # tiny_corpus's rows, writable
+    config = tmp_path / "c.yaml"
+    config.write_text("student: {train: {checkpoint_every: 2}}\n", encoding="utf-8")
+    args = ["--mode", "soft", "--epochs", "2", "--config", str(config), *tiny_args()]
+    out = tmp_path / "student"
+    monkeypatch.setattr(distill_mod, "distillation_loss", LossSpy(kill_at=7))
+    assert isinstance(run_distill(corpus, out, *args, teacher=tiny_teacher).exception, Killed)
+    monkeypatch.setattr(distill_mod, "distillation_loss", distillation_loss)
+
+    def refused(*extra: str) -> str:
+        result = run_distill(corpus, out, *args, *extra, "--resume", teacher=tiny_teacher)
+        assert result.exit_code == 2, (result.output, result.exception)
+        assert "Traceback" not in result.output
+        return " ".join(result.output.split())
+
+    said = refused("--temperature", "4")
+    assert (
+        "the configuration changed since the checkpoint (distill.temperature: 2.0 -> 4.0)" in said
+    )
+
+    original = _rotate_train_labels(corpus)
+    said = refused()
+    assert "the training data changed since the checkpoint (texts: same, labels: different" in said
+    assert "or restore the data" in said
+
+    (corpus / "train.txt").write_text(original, encoding="utf-8")
+    spy = LossSpy()
+    monkeypatch.setattr(distill_mod, "distillation_loss", spy)
+    ok(run_distill(corpus, out, *args, "--resume", teacher=tiny_teacher))
+    assert len(spy.calls) == 2 * STEPS_PER_EPOCH - 6  # resumed, not restarted

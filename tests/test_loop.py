@@ -6,8 +6,11 @@ is given by two "signal" tokens among noise tokens, so a few epochs reach high a
 
 from __future__ import annotations
 
+import copy
+import errno
 import json
 import logging
+import pickle
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from sklearn.metrics import f1_score
 from torch import Tensor, nn
@@ -539,8 +543,19 @@ RESUME_CFG: dict[str, Any] = {
 KILL_AT_CALL = 11
 
 
+IDENTITY: dict[str, dict[str, Any]] = {
+    "data": {"texts": "a" * 64, "labels": "b" * 64},
+    "config": {"student": {"arch": "bilstm", "options": {"hidden_dim": 16}}},
+    "teacher": {"fingerprints": "c" * 64},
+}
+"""What a caller (distill, teacher training) tells fit() about the run."""
+
+
 def resumable_run(
-    work_dir: Path, kill_at: int | None = None, **overrides: Any
+    work_dir: Path,
+    kill_at: int | None = None,
+    identity: dict[str, dict[str, Any]] | None = None,
+    **overrides: Any,
 ) -> tuple[FitResult, nn.Module]:
     """The run that gets killed and resumed; returns the result and the extra module."""
     model = make_model(dropout=0.2, seed=0)
@@ -559,6 +574,7 @@ def resumable_run(
         dev_set=ToyDataset(20, seed=2),
         extra_modules=[proj],
         num_labels=NUM_LABELS,
+        identity=IDENTITY if identity is None else identity,
     )
     return result, proj
 
@@ -680,3 +696,195 @@ def test_rng_state_round_trip() -> None:
         np.random.rand()
     ckpt.restore_rng_state(state)
     assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == expected
+
+
+# ------------------------------------------------------- what a resume must match
+
+
+def changed(group: str, key: str, value: Any) -> dict[str, dict[str, Any]]:
+    identity = copy.deepcopy(IDENTITY)
+    target = identity[group]
+    *parents, last = key.split(".")
+    for p in parents:
+        target = target[p]
+    target[last] = value
+    return identity
+
+
+@pytest.mark.parametrize(
+    ("identity", "message"),
+    [
+        (
+            changed("data", "labels", "d" * 64),
+            "the training data changed since the checkpoint (texts: same, labels: different)"
+            "; run without --resume to start over, or restore the data",
+        ),
+        (
+            changed("config", "student.options.hidden_dim", 32),
+            "the configuration changed since the checkpoint (student.options.hidden_dim: 16 -> 32)",
+        ),
+        (
+            changed("teacher", "fingerprints", "e" * 64),
+            "the teacher changed since the checkpoint (fingerprints: different)",
+        ),
+        (
+            {},
+            "the training data changed since the checkpoint (texts: different, labels: "
+            "different); the configuration changed",
+        ),
+    ],
+    ids=["labels", "config", "teacher", "none-given"],
+)
+def test_resume_refuses_another_identity(
+    tmp_path: Path, identity: dict[str, Any], message: str
+) -> None:
+    kill(tmp_path)
+    with pytest.raises(UserError) as err:
+        resumable_run(tmp_path, resume=True, identity=identity)
+    assert message.lower() in " ".join(str(err.value).split()).lower(), str(err.value)
+
+
+def test_resume_names_every_change_at_once(tmp_path: Path) -> None:
+    kill(tmp_path)
+    both = changed("data", "texts", "f" * 64)
+    both["config"]["student"]["arch"] = "textcnn"
+    with pytest.raises(UserError) as err:
+        resumable_run(tmp_path, resume=True, identity=both, lr=0.01)
+    text = str(err.value)
+    assert "lr: 0.05 -> 0.01" in text
+    assert "texts: different, labels: same" in text
+    assert "student.arch: 'bilstm' -> 'textcnn'" in text
+    assert text.endswith(
+        "restore the data and the previous configuration and the previous settings."
+    )
+
+
+def test_resume_refuses_a_checkpoint_of_the_older_format(tmp_path: Path) -> None:
+    kill(tmp_path)
+    state_file = tmp_path / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE
+    raw = json.loads(state_file.read_text(encoding="utf-8"))
+    raw["format"] = 1
+    raw["fingerprint"].pop("identity")
+    state_file.write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(UserError, match=r"older textdistill.*cannot be checked.*without --resume"):
+        resumable_run(tmp_path, resume=True)
+
+
+class _Evil:
+    """Unpickling this writes a file: proof that a checkpoint load unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.write_text, (self.marker, "unpickled!"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        (ckpt.OPTIMIZER_FILE, "evil", "weights-only torch checkpoint file"),
+        (ckpt.PROCESSES_FILE, b"garbage", "weights-only torch checkpoint file"),
+        (ckpt.WEIGHTS_FILE, "evil", "not a safetensors checkpoint file"),
+        (ckpt.WEIGHTS_FILE, b"\x00" * 7, "not a safetensors checkpoint file"),
+        (ckpt.STATE_FILE, b"{not json", "not a JSON checkpoint file"),
+        (ckpt.STATE_FILE, b"[1, 2]", "not a JSON checkpoint file"),
+        (ckpt.STATE_FILE, b'{"format": 2, "state": {}}', "not a JSON checkpoint file"),
+    ],
+    ids=[
+        "pickled-optimizer",
+        "garbage-processes",
+        "pickled-weights",
+        "garbage-weights",
+        "garbage-state",
+        "list-state",
+        "incomplete-state",
+    ],
+)
+def test_a_pickled_or_garbage_checkpoint_is_refused_cleanly(
+    tmp_path: Path, name: str, content: str | bytes, says: str
+) -> None:
+    work = tmp_path / "work"
+    kill(work)
+    marker = tmp_path / "unpickled.txt"
+    target = work / ckpt.CHECKPOINT_DIR / name
+    if content == "evil":
+        target.write_bytes(pickle.dumps({"state": _Evil(marker)}))
+    else:
+        assert isinstance(content, bytes)
+        target.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        resumable_run(work, resume=True)
+    text = " ".join(str(err.value).split())
+    assert says in text and "nothing is unpickled" in text and "without --resume" in text, text
+    assert "refused" in text and str(target) in text
+    assert not marker.exists()
+
+
+def test_a_garbage_checkpoint_without_resume_is_replaced(
+    tmp_path: Path, uninterrupted: Run, caplog: pytest.LogCaptureFixture
+) -> None:
+    kill(tmp_path)
+    (tmp_path / ckpt.CHECKPOINT_DIR / ckpt.STATE_FILE).write_text("{not json", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="textdistill.training.loop"):
+        fresh, _ = resumable_run(tmp_path, resume=False)
+    assert "step unreadable" in caplog.text
+    assert_same_weights(weights_of(fresh.model), weights_of(uninterrupted[0].model))
+
+
+def _no_space(kind: str) -> BaseException:
+    if kind == "oserror":
+        return OSError(errno.ENOSPC, "No space left on device")
+    return SafetensorError(
+        "Error while serializing: IoError(No space left on device (os error 28))"
+    )
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "oserror"])
+def test_a_full_disk_while_checkpointing_is_one_clean_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted: Run, kind: str
+) -> None:
+    # The second save (step 5) fails; the first (step 3) must be left as it was. The
+    # safetensors writer or the torch writer (optimizer, scheduler, RNG files) runs out.
+    weight_saves = 0
+    real_save, real_torch_save = ckpt.save_file, ckpt._torch_save
+    failing = real_save if kind == "safetensors" else real_torch_save
+
+    def writer(real: Callable[..., None]) -> Callable[..., None]:
+        def write(*args: Any) -> None:
+            nonlocal weight_saves
+            if real is real_save and Path(args[-1]).name == ckpt.WEIGHTS_FILE:
+                weight_saves += 1
+            if weight_saves == 2 and real is failing:
+                raise _no_space(kind)
+            real(*args)
+
+        return write
+
+    monkeypatch.setattr(ckpt, "save_file", writer(real_save))
+    monkeypatch.setattr(ckpt, "_torch_save", writer(real_torch_save))
+    with pytest.raises(UserError) as err:
+        resumable_run(tmp_path)
+    text = " ".join(str(err.value).split())
+    assert "could not write the training checkpoint of step 5" in text, text
+    assert "No space left on device" in text
+    assert "Nothing of it was written (the previous checkpoint (step 3) is intact)" in text
+    assert "--resume" in text
+    assert not list(tmp_path.glob(".checkpoint.tmp-*"))
+    assert ckpt.read_state(tmp_path / ckpt.CHECKPOINT_DIR)[0].step == 3
+
+    monkeypatch.undo()  # space freed: the same command with --resume finishes the run
+    resumed, _ = resumable_run(tmp_path, resume=True)
+    assert_same_weights(weights_of(resumed.model), weights_of(uninterrupted[0].model))
+
+
+def test_a_failed_first_checkpoint_says_there_was_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(*args: Any) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(args[-1]))
+
+    monkeypatch.setattr(ckpt, "_torch_save", denied)
+    with pytest.raises(UserError, match=r"Permission denied.*there was no earlier checkpoint"):
+        resumable_run(tmp_path)
+    assert not (tmp_path / ckpt.CHECKPOINT_DIR).exists()

@@ -643,3 +643,29 @@ def test_teacher_and_student_forward_contract_on_padded_batches() -> None:
     assert together.hidden is not None and alone.hidden is not None
     np.testing.assert_allclose(together.logits[1].detach(), alone.logits[0], atol=1e-5)
     np.testing.assert_allclose(together.hidden[1].detach(), alone.hidden[0], atol=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_of_other_labels(
+    tmp_path: Path, corpus_builder: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = corpus_builder(tmp_path / "data", per_class=8)
+    settings = copy.deepcopy(RESUME_CONFIG)
+    settings["teacher"]["mlm"]["epochs"] = 0  # fine-tuning only: fast
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    out = tmp_path / "teacher"
+    args = ["teacher", "train", "-c", config, "--data", data, "--out", out, "-q"]
+    losses = LossCalls(monkeypatch)
+    losses.reset(kill_at=("teacher", 5))  # after the checkpoint of step 4
+    assert isinstance(invoke(*args).exception, Killed)
+
+    train = data / "train.txt"
+    rows = [line.rsplit("\t", 1) for line in train.read_text(encoding="utf-8").splitlines()]
+    train.write_text("".join(f"{t}\t{(int(y) + 1) % 3}\n" for t, y in rows), encoding="utf-8")
+    losses.reset()
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 2, (result.output, result.exception)
+    said = " ".join(result.output.split())
+    assert "the training data changed since the checkpoint (texts: same, labels: different" in said
+    assert "dev texts: same, dev labels: same" in said
+    assert losses.calls == {"mlm": 0, "teacher": 0}  # refused before any training

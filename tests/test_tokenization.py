@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import pickle
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 from textdistill.core import paths
 from textdistill.core.errors import UserError
 from textdistill.core.io import texts_sha256
+from textdistill.core.text import MAX_TEXT_CHARS
 from textdistill.data import tokenization
 from textdistill.data.tokenization import (
     Encoded,
@@ -324,4 +328,121 @@ def test_cache_file_loads_without_pickle(tok, tmp_path):
     encode_cached(tok, CORPUS, 16, cache_dir=tmp_path)
     path: Path = encode_cache_path(tok, CORPUS, 16, cache_dir=tmp_path)
     with np.load(path, allow_pickle=False) as data:
-        assert sorted(data.files) == ["ids", "lengths"]
+        assert sorted(data.files) == ["ids", "lengths", "sha256"]
+        assert data["sha256"].dtype.kind == "U"  # a plain string, not a pickled object
+
+
+# ------------------------------------------------------------------ per-text character cap
+
+
+def test_a_million_character_text_is_clipped_before_tokenizing(tok):
+    # Left truncation keeps a text's last tokens, so the result shows which text was
+    # tokenized: the first MAX_TEXT_CHARS characters (as predict clips), not the whole one.
+    left = build_tokenizer(CORPUS)
+    left.truncation_side = "left"
+    head = "学院" * (MAX_TEXT_CHARS // 2)
+    huge = head + "女子足球队" * 200_000  # 1,004,096 characters
+    t0 = time.perf_counter()
+    enc = encode(left, [huge, TITLE], max_len=8)
+    elapsed = time.perf_counter() - t0
+    clipped = encode(left, [huge[:MAX_TEXT_CHARS], TITLE], max_len=8)
+    np.testing.assert_array_equal(enc.ids, clipped.ids)
+    np.testing.assert_array_equal(enc.lengths, clipped.lengths)
+    assert "球" not in left.convert_ids_to_tokens(enc.row(0).tolist())
+    # Unclipped, the tokenizer normalises the whole million characters first (~4 s here).
+    assert elapsed < 1.0, elapsed
+
+
+def test_the_cap_leaves_normal_texts_alone(tok):
+    texts = [*CORPUS, "球" * (MAX_TEXT_CHARS - 1)]
+    enc = encode(tok, texts, max_len=16)
+    for i, text in enumerate(texts):
+        assert enc.row(i).tolist() == tok(text, truncation=True, max_length=16)["input_ids"]
+
+
+# ------------------------------------------------------------------ damaged cache entries
+
+
+def _forge(path: Path, ids: np.ndarray, lengths: np.ndarray) -> None:
+    """An entry whose checksum matches its (wrong) arrays: only the content checks catch it."""
+    digest = np.array(tokenization._arrays_sha256(ids, lengths))
+    np.savez(path, ids=ids, lengths=lengths, sha256=digest)
+
+
+def _flip_byte(path: Path) -> None:
+    # A byte inside the ids array (the zip stores them uncompressed), not the zip header.
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _reverse_rows(path: Path) -> None:
+    with np.load(path) as data:
+        ids, lengths, digest = data["ids"], data["lengths"], data["sha256"]
+    np.savez(path, ids=ids[::-1], lengths=lengths[::-1], sha256=digest)
+
+
+def _pickled(path: Path) -> None:
+    with np.load(path) as data:
+        ids, lengths = data["ids"], data["lengths"]
+    np.savez(path, ids=ids.astype(object), lengths=lengths, sha256=np.array("x"))
+
+
+def _old_format(path: Path) -> None:
+    with np.load(path) as data:
+        np.savez(path, ids=data["ids"], lengths=data["lengths"])  # no checksum
+
+
+def _id_outside_vocab(path: Path, tok) -> None:
+    with np.load(path) as data:
+        ids, lengths = data["ids"].copy(), data["lengths"]
+    ids[0, 1] = len(tok) + 5
+    _forge(path, ids, lengths)
+
+
+def _length_too_long(path: Path) -> None:
+    with np.load(path) as data:
+        ids, lengths = data["ids"], data["lengths"].copy()
+    lengths[0] = ids.shape[1] + 1
+    _forge(path, ids, lengths)
+
+
+def _bad_padding(path: Path) -> None:
+    with np.load(path) as data:
+        ids, lengths = data["ids"].copy(), data["lengths"]
+    ids[1, -1] = 7  # CORPUS[1] is shorter than 16 tokens: this cell is padding
+    _forge(path, ids, lengths)
+
+
+DAMAGE: dict[str, tuple[Callable[..., None], str]] = {
+    "truncated": (lambda p, tok: p.write_bytes(p.read_bytes()[:100]), "unreadable"),
+    "garbage": (lambda p, tok: p.write_bytes(b"not an npz file"), "unreadable"),
+    "pickled bytes": (lambda p, tok: p.write_bytes(pickle.dumps({"ids": [1]})), "unreadable"),
+    "pickled array": (lambda p, tok: _pickled(p), "unreadable"),
+    "no checksum": (lambda p, tok: _old_format(p), "unreadable"),
+    "flipped byte": (lambda p, tok: _flip_byte(p), "CRC"),  # the zip's own check
+    "reversed rows": (lambda p, tok: _reverse_rows(p), "sha256"),
+    "id outside vocab": (_id_outside_vocab, "vocabulary"),
+    "length too long": (lambda p, tok: _length_too_long(p), "lengths outside"),
+    "bad padding": (lambda p, tok: _bad_padding(p), "pad id"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_entry_is_re_encoded_with_a_warning(
+    tok, tmp_path, counting_encode, caplog, damage
+):
+    good = encode_cached(tok, CORPUS, 16, cache_dir=tmp_path)
+    path = encode_cache_path(tok, CORPUS, 16, cache_dir=tmp_path)
+    spoil, says = DAMAGE[damage]
+    spoil(path, tok)
+    with caplog.at_level(logging.WARNING, logger="textdistill.data.tokenization"):
+        again = encode_cached(tok, CORPUS, 16, cache_dir=tmp_path)
+    assert len(counting_encode) == 2, "the damaged entry was used"
+    said = " ".join(r.getMessage().replace(str(path), "PATH") for r in caplog.records)
+    assert "re-encoding" in said and says in said, said
+    np.testing.assert_array_equal(again.ids, good.ids)
+    np.testing.assert_array_equal(again.lengths, good.lengths)
+    # The entry was rewritten and is trusted again.
+    encode_cached(tok, CORPUS, 16, cache_dir=tmp_path)
+    assert len(counting_encode) == 2

@@ -9,6 +9,13 @@ pre-tokenisation (so every CJK character is its own word), a WordPiece vocabular
 
 Encodings are fixed-width ``int32`` arrays (right-padded with the pad id) plus the real
 lengths; the same ids feed the teacher and every student, so one cache entry serves both.
+Every text is first cut to :data:`textdistill.core.text.MAX_TEXT_CHARS` characters
+(:func:`~textdistill.core.text.clip_text`, the cap ``predict`` uses too), so one huge text
+costs the tokenizer no more time or memory than a long one.
+
+A cache entry stores a sha256 of its arrays next to them and is verified when read: a
+checksum that does not match, ids outside the vocabulary, lengths out of range or padding
+that is not the pad id mean a damaged entry, which is logged and re-encoded, never used.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import itertools
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +44,7 @@ from textdistill.core.errors import UserError
 from textdistill.core.io import atomic_write, texts_sha256
 from textdistill.core.paths import textdistill_home
 from textdistill.core.progress import progress
+from textdistill.core.text import clip_text
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +56,9 @@ CONTINUING_PREFIX = "##"
 PROGRESS_MIN_TEXTS = 10_000
 """Show a progress bar only for corpora at least this large (and only at INFO logging)."""
 
-_CACHE_FORMAT = 1
-"""Bump when the cache file layout or the encoding rules change, to orphan old entries."""
+_CACHE_FORMAT = 2
+"""Bump when the cache file layout or the encoding rules change, to orphan old entries.
+2: texts clipped to ``MAX_TEXT_CHARS`` before tokenizing; a sha256 of the arrays stored."""
 
 _SPECIAL_ATTRS = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
 
@@ -259,9 +269,10 @@ def encode(
 ) -> Encoded:
     """Encode ``texts`` with special tokens, truncated to ``max_len`` tokens.
 
-    Truncation keeps the trailing ``[SEP]`` (Hugging Face truncation cuts the text, not the
-    special tokens), so a truncated row is ``[CLS] t1 .. t(max_len-2) [SEP]``. An empty
-    text becomes ``[CLS] [SEP]``.
+    Each text is clipped to its first ``MAX_TEXT_CHARS`` characters first (as ``predict``
+    does), then truncation keeps the trailing ``[SEP]`` (Hugging Face truncation cuts the
+    text, not the special tokens), so a truncated row is ``[CLS] t1 .. t(max_len-2) [SEP]``.
+    An empty text becomes ``[CLS] [SEP]``.
     """
     if max_len < 2:
         raise ValueError(f"max_len must leave room for the special tokens, got {max_len}")
@@ -276,7 +287,10 @@ def encode(
     quiet = n < PROGRESS_MIN_TEXTS or not log.isEnabledFor(logging.INFO)
     with progress(total=n, desc="encoding", unit="text", disable=quiet) as bar:
         for start in range(0, n, batch_size):
-            chunk = [str(t) for t in texts[start : start + batch_size]]
+            # Clipped before the tokenizer sees it: the Rust tokenizer normalises and splits
+            # a whole text before truncating, so a million-character title would cost
+            # hundreds of MB for the max_len tokens that are kept.
+            chunk = [clip_text(str(t)) for t in texts[start : start + batch_size]]
             rows = [e.ids for e in encode_batch(chunk, add_special_tokens=True)]
             end = start + len(rows)
             lengths[start:end] = [len(r) for r in rows]
@@ -338,10 +352,12 @@ def encode_cached(
 
     The entry is keyed by the tokenizer fingerprint, ``max_len``, the number of rows and a
     hash of the texts; pass ``key`` (e.g. the data files' sha256) to skip hashing the texts.
-    ``cache_dir`` defaults to ``<textdistill_home()>/encoded``. A damaged entry is re-encoded.
+    ``cache_dir`` defaults to ``<textdistill_home()>/encoded``. A damaged entry (unreadable,
+    a checksum that does not match, ids or lengths that this tokenizer cannot produce) is
+    logged as a warning and re-encoded.
     """
     path = encode_cache_path(tok, texts, max_len, cache_dir=cache_dir, key=key)
-    cached = _load_entry(path, len(texts), max_len)
+    cached = _load_entry(path, len(texts), max_len, tok)
     if cached is not None:
         log.debug("encode cache hit: %s", path)
         return cached
@@ -355,22 +371,68 @@ def encode_cached(
     return enc
 
 
-def _load_entry(path: Path, rows: int, max_len: int) -> Encoded | None:
+def _arrays_sha256(ids: np.ndarray, lengths: np.ndarray) -> str:
+    """A sha256 over the shapes, dtypes and bytes of an entry's arrays."""
+    h = hashlib.sha256()
+    for arr in (ids, lengths):
+        h.update(f"{arr.dtype.str}{arr.shape}".encode())
+        h.update(np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
+
+
+def _load_entry(
+    path: Path, rows: int, max_len: int, tok: PreTrainedTokenizerBase
+) -> Encoded | None:
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            enc = Encoded(data["ids"], data["lengths"])
-    except (OSError, ValueError, KeyError) as err:
-        log.warning("ignoring unreadable encode cache entry %s: %s", path, err)
+            ids, lengths, digest = data["ids"], data["lengths"], data["sha256"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        # BadZipFile/EOFError: truncated, not a zip or a bad CRC; KeyError: an array is
+        # missing (an entry of format 1 had no checksum); ValueError: not an .npy member,
+        # or a pickled (object) array, which allow_pickle=False refuses.
+        log.warning("ignoring unreadable encode cache entry %s (%s); re-encoding", path, err)
         return None
-    if len(enc) != rows or enc.max_len != max_len:
-        log.warning("ignoring encode cache entry %s: shape %s does not match", path, enc.ids.shape)
+    problem = _entry_problem(ids, lengths, digest, rows, max_len, tok)
+    if problem is not None:
+        log.warning("ignoring damaged encode cache entry %s (%s); re-encoding", path, problem)
         return None
-    return enc
+    return Encoded(ids, lengths)
+
+
+def _entry_problem(
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    digest: np.ndarray,
+    rows: int,
+    max_len: int,
+    tok: PreTrainedTokenizerBase,
+) -> str | None:
+    """What is wrong with a cache entry's arrays, or None when they are what encode() gives."""
+    if ids.dtype != np.int32 or lengths.dtype != np.int32:
+        return f"dtypes {ids.dtype}/{lengths.dtype}, expected int32"
+    if ids.shape != (rows, max_len) or lengths.shape != (rows,):
+        return f"shape {ids.shape}/{lengths.shape}, expected ({rows}, {max_len})/({rows},)"
+    if digest.shape != () or str(digest) != _arrays_sha256(ids, lengths):
+        return "the arrays do not match their recorded sha256"
+    # The checksum proves the bytes are the ones written; these prove they are an encoding
+    # this tokenizer could have made (an entry written by other code under the same key).
+    if rows == 0:
+        return None
+    shortest = tok.num_special_tokens_to_add(pair=False)
+    if int(lengths.min()) < shortest or int(lengths.max()) > max_len:
+        return f"lengths outside [{shortest}, {max_len}]"
+    if int(ids.min()) < 0 or int(ids.max()) >= len(tok):
+        return f"ids outside the vocabulary [0, {len(tok)})"
+    padding = np.arange(max_len)[None, :] >= lengths[:, None]
+    if not (ids[padding] == pad_token_id(tok)).all():
+        return "padding after the real tokens is not the pad id"
+    return None
 
 
 def _save_entry(path: Path, enc: Encoded) -> None:
     """Write via a temporary file and a rename, so readers never see half an entry."""
+    digest = np.array(_arrays_sha256(enc.ids, enc.lengths))  # a unicode scalar: no pickle
     with atomic_write(path) as f:
-        np.savez(f, ids=enc.ids, lengths=enc.lengths)
+        np.savez(f, ids=enc.ids, lengths=enc.lengths, sha256=digest)

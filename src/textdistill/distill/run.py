@@ -4,11 +4,17 @@ Modes differ only in the loss (:func:`textdistill.distill.losses.distillation_lo
 ``none`` (gold labels, no teacher: the baseline twin), ``hard`` (teacher argmax),
 ``soft`` (temperature-scaled KL + cross-entropy), ``hidden`` (soft + sentence-vector
 matching through a learned projection).
+
+A ``--resume`` continues only the same run: the checkpoint records hashes of the transfer
+and selection rows (texts and labels), the student and distillation settings, and the
+teacher (folder fingerprints, soft-target cache key); any change is refused with a message
+saying what changed (:func:`textdistill.training.loop.fit`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import shutil
 from collections.abc import Iterator
@@ -29,7 +35,12 @@ from textdistill.core.paths import work_dir_for
 from textdistill.data.batching import TextDataset, make_collate
 from textdistill.data.corpus import Corpus, read_texts
 from textdistill.data.splits import TrainingData, prepare_training_data
-from textdistill.data.tokenization import build_tokenizer, encode_cached, load_tokenizer
+from textdistill.data.tokenization import (
+    build_tokenizer,
+    encode_cached,
+    load_tokenizer,
+    tokenizer_fingerprint,
+)
 from textdistill.distill.augment import augment_texts
 from textdistill.distill.cache import SoftTargets, build_soft_targets
 from textdistill.distill.losses import (
@@ -50,7 +61,8 @@ from textdistill.models.students import (
     student_arch,
 )
 from textdistill.models.teacher import TeacherModel
-from textdistill.training.loop import fit
+from textdistill.training.checkpoint import data_identity
+from textdistill.training.loop import Identity, fit
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +200,48 @@ def _check_mode(cfg: Config, targets: SoftTargets | None) -> None:
 
 def _teacher_fingerprints(teachers: list[str]) -> list[str]:
     return [str(read_meta(t).get("fingerprint", "")) for t in teachers]
+
+
+def run_identity(
+    cfg: Config,
+    transfer: TransferSet,
+    data: TrainingData,
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    max_len: int,
+    teachers: list[str],
+    targets: SoftTargets | None,
+) -> Identity:
+    """What a distillation checkpoint must match to be resumed (besides ``student.train``).
+
+    Paths are left out (a moved teacher or extra file is the same one): the data is hashed
+    row by row, the teacher by its fingerprints and the soft-target cache key, which covers
+    the teacher outputs themselves. ``cache_batch_size`` only changes how fast the cache is
+    built.
+    """
+    fingerprints = hashlib.sha256(",".join(_teacher_fingerprints(teachers)).encode())
+    return {
+        "data": data_identity(
+            {
+                "": (transfer.texts, transfer.labels),
+                "selection": (data.select.texts, data.select.labels),
+            }
+        ),
+        "config": {
+            "student": cfg.student.model_dump(mode="json", exclude={"train"}),
+            "distill": cfg.distill.model_dump(
+                mode="json", exclude={"teachers", "extra", "label_map", "cache_batch_size"}
+            ),
+            "max_len": max_len,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+        },
+        "teacher": {
+            "fingerprints": fingerprints.hexdigest(),
+            "soft targets": targets.path.name if targets is not None else None,
+        }
+        if teachers
+        else {},
+    }
 
 
 def _student_max_len(cfg: Config, teachers: list[str], max_len: int | None) -> int:
@@ -332,6 +386,15 @@ def distill(
         extra_modules=[proj] if proj is not None else [],
         num_labels=num_labels,
         stage=f"distill-{d.mode}",
+        identity=run_identity(
+            cfg,
+            transfer,
+            data,
+            tokenizer=tokenizer,
+            max_len=max_len,
+            teachers=teachers,  # mode none too: the tokenizer, maybe the embeddings
+            targets=targets,
+        ),
     )
     trained = result.model
     assert isinstance(trained, StudentModel)  # fit() returns the module it was given, unwrapped

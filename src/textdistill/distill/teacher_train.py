@@ -5,7 +5,9 @@ Every stage runs on the one training loop, :func:`textdistill.training.loop.fit`
 resumable. Reproducibility: model initialisation is seeded (``teacher.mlm.seed`` for the MLM
 model, ``teacher.train.seed`` for the classifier and its fresh head) and MLM masking is a
 function of the seed and the batch's rows (:class:`MlmCollate`), so a run killed at any
-point and continued with ``--resume`` ends with the teacher an uninterrupted run gives.
+point and continued with ``--resume`` ends with the teacher an uninterrupted run gives. Each
+stage's checkpoint records hashes of its texts (and labels), the teacher settings and the
+tokenizer, so a resume after any of them changed is refused, saying what changed.
 
 Work folder (``<out>.work``, removed once the teacher folder is saved)::
 
@@ -62,7 +64,7 @@ from textdistill.models.teacher import (
 )
 from textdistill.training import checkpoint as ckpt
 from textdistill.training.history import METRICS_FILE
-from textdistill.training.loop import fit
+from textdistill.training.loop import Identity, fit
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,41 @@ def _mlm_stamp(cfg: Config, tokenizer: PreTrainedTokenizerBase, texts: list[str]
     }
 
 
+def _mlm_identity(stamp: dict[str, Any], texts: list[str]) -> Identity:
+    """The MLM checkpoint's identity: the stamp without ``cfg.teacher.mlm`` (``fit`` checks
+    that itself) and with the texts as data (so the unlabeled files' paths do not count,
+    their contents do)."""
+    config = {k: v for k, v in stamp.items() if k not in ("mlm", "texts", "rows")}
+    config["teacher"] = {k: v for k, v in config["teacher"].items() if k != "unlabeled"}
+    return {"data": ckpt.data_identity({"": (texts, None)}), "config": config}
+
+
+def _teacher_identity(
+    cfg: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    data: TrainingData,
+    mlm_texts: list[str],
+) -> Identity:
+    """The fine-tuning checkpoint's identity: its rows, the settings that shape the model
+    (the MLM stage included: its result is the starting point) and the tokenizer."""
+    splits: dict[str, tuple[list[str], Any]] = {
+        "": (data.train.texts, data.train.labels),
+        "dev": (data.dev.texts, data.dev.labels),
+    }
+    if cfg.teacher.mlm.epochs > 0:
+        splits["mlm"] = (mlm_texts, None)
+    teacher = cfg.teacher.model_dump(mode="json", exclude={"train", "unlabeled"})
+    teacher["mlm"] = cfg.teacher.mlm.model_dump(mode="json", exclude=set(OUTPUT_ONLY))
+    return {
+        "data": ckpt.data_identity(splits),
+        "config": {
+            "teacher": teacher,
+            "max_len": cfg.tokenizer.max_len,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+        },
+    }
+
+
 def _finished_mlm(out: Path, stamp: dict[str, Any]) -> bool:
     marker = out / MLM_STAMP
     return marker.is_file() and read_json(marker) == stamp
@@ -264,6 +301,7 @@ def mlm_pretrain(
         work / "mlm",
         collate_fn=MlmCollate(tokenizer, cfg.teacher.mlm_probability, cfg.teacher.mlm.seed),
         stage="mlm",
+        identity=_mlm_identity(stamp, texts),
     )
     trained = result.model
     assert isinstance(trained, PreTrainedModel)
@@ -373,6 +411,7 @@ def train_teacher(
         dev_set=dev_ds,
         num_labels=len(labels),
         stage="teacher",
+        identity=_teacher_identity(cfg, tokenizer, data, mlm_texts),
     )
     trained = result.model
     assert isinstance(trained, TeacherModel)

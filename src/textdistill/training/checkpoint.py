@@ -3,6 +3,8 @@
 A checkpoint is one folder (``<work_dir>/checkpoint``)::
 
     state.json          loop counters, best metric, patience, history, run fingerprint
+                        (stage, rows, settings, and the caller's identity of the run: hashes
+                        of the data, the configuration, the teacher)
     weights.safetensors current weights; keys ``model.<name>`` and ``extra.<i>.<name>``
     best.safetensors    best weights so far (same key layout), absent before the first eval
     optimizer.pt        optimizer state_dict
@@ -13,19 +15,26 @@ Everything is loaded with ``torch.load(weights_only=True)`` or safetensors, so o
 checkpoint never unpickles arbitrary objects: RNG states are stored as tensors and plain
 numbers, not as the tuples/arrays Python and NumPy hand out.
 
+Anything else (a pickle where tensors belong, a garbage or truncated file, a ``state.json``
+that is not the expected JSON object) is refused with a :class:`UserError` that says so.
+
 The folder is written into a temporary sibling and renamed into place (``io.atomic_dir``), with
 ``state.json`` written last; a kill while saving leaves the previous checkpoint intact. If the
 kill lands between the two renames of the swap, :func:`find_checkpoint` falls back to the
-parked previous folder.
+parked previous folder. A write that fails (full disk, no permission, read-only file system)
+leaves nothing behind and becomes one :class:`UserError` saying so and how to resume.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import pickle
 import random
 import shutil
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,15 +42,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from textdistill.core.io import atomic_dir, read_json, write_json
+from textdistill.core.errors import UserError
+from textdistill.core.io import atomic_dir, read_json, texts_sha256, write_json
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the fingerprint holds the run's identity (data, configuration, teacher hashes)."""
 
 STATE_FILE = "state.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -207,9 +219,64 @@ def remove_stale_temporaries(work_dir: Path) -> None:
 
 
 def read_state(path: Path) -> tuple[RunState, dict[str, Any]]:
-    """Read only ``state.json`` of a checkpoint: (counters, fingerprint)."""
-    raw = read_json(path / STATE_FILE)
-    return RunState.from_json(raw["state"]), raw["fingerprint"]
+    """Read only ``state.json`` of a checkpoint: (counters, fingerprint).
+
+    Raises:
+        UserError: ``state.json`` is not a checkpoint's JSON object.
+    """
+    raw = _read_state_file(path)
+    return _parse_state(path, raw)
+
+
+def _read_state_file(path: Path) -> dict[str, Any]:
+    file = path / STATE_FILE
+    try:
+        raw = read_json(file)
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
+        raise UserError(_refused(file, "JSON", err)) from None
+    if not isinstance(raw, dict):
+        raise UserError(_refused(file, "JSON", f"a JSON {type(raw).__name__}, not an object"))
+    return raw
+
+
+def _parse_state(path: Path, raw: Mapping[str, Any]) -> tuple[RunState, dict[str, Any]]:
+    try:
+        state, fingerprint = RunState.from_json(raw["state"]), raw["fingerprint"]
+        if not isinstance(fingerprint, dict):
+            raise TypeError("the fingerprint is not an object")
+    except (KeyError, TypeError) as err:
+        raise UserError(_refused(path / STATE_FILE, "JSON", f"missing or wrong {err}")) from None
+    return state, fingerprint
+
+
+def _refused(file: Path, kind: str, why: object) -> str:
+    return (
+        f"refused to resume: {file} is not a {kind} checkpoint file ({why}); nothing is "
+        f"unpickled. Delete the checkpoint folder {file.parent} or run without --resume "
+        "to start over."
+    )
+
+
+def labels_sha256(labels: Sequence[int] | np.ndarray) -> str:
+    """A hash of a label column (as int64), for a run's identity."""
+    return hashlib.sha256(np.asarray(labels, dtype="<i8").tobytes()).hexdigest()
+
+
+def data_identity(
+    splits: Mapping[str, tuple[Sequence[str], Sequence[int] | np.ndarray | None]],
+) -> dict[str, str]:
+    """Hashes of each split's texts and labels: ``{"<name> texts": ..., "<name> labels": ...}``.
+
+    The split named ``""`` (the training rows) gives plain ``texts``/``labels`` keys, so a
+    refusal reads "texts: same, labels: different". Labels ``None``: texts only.
+    """
+    out: dict[str, str] = {}
+    for name, (texts, labels) in splits.items():
+        prefix = f"{name} " if name else ""
+        out[f"{prefix}texts"] = texts_sha256(texts)
+        if labels is not None:
+            out[f"{prefix}labels"] = labels_sha256(labels)
+    return out
 
 
 def save_checkpoint(
@@ -231,44 +298,115 @@ def save_checkpoint(
     """
     target = work_dir / CHECKPOINT_DIR
     previous_best = target / BEST_FILE
-    with atomic_dir(target) as tmp:
-        save_file(dict(weights), str(tmp / WEIGHTS_FILE))
-        if reuse_best and previous_best.is_file():
-            _link_or_copy(previous_best, tmp / BEST_FILE)
-        elif best_weights is not None:
-            save_file(dict(best_weights), str(tmp / BEST_FILE))
-        torch.save(dict(optimizer), tmp / OPTIMIZER_FILE)
-        torch.save(dict(scheduler), tmp / SCHEDULER_FILE)
-        torch.save([dict(p) for p in processes], tmp / PROCESSES_FILE)
-        _fsync_files(tmp)
-        # Last: its presence marks the folder as complete.
-        write_json(
-            tmp / STATE_FILE,
-            {
-                "format": FORMAT_VERSION,
-                "fingerprint": dict(fingerprint),
-                "state": state.to_json(),
-            },
-        )
+    try:
+        with atomic_dir(target) as tmp:
+            save_file(dict(weights), str(tmp / WEIGHTS_FILE))
+            if reuse_best and previous_best.is_file():
+                _link_or_copy(previous_best, tmp / BEST_FILE)
+            elif best_weights is not None:
+                save_file(dict(best_weights), str(tmp / BEST_FILE))
+            _torch_save(dict(optimizer), tmp / OPTIMIZER_FILE)
+            _torch_save(dict(scheduler), tmp / SCHEDULER_FILE)
+            _torch_save([dict(p) for p in processes], tmp / PROCESSES_FILE)
+            _fsync_files(tmp)
+            # Last: its presence marks the folder as complete.
+            write_json(
+                tmp / STATE_FILE,
+                {
+                    "format": FORMAT_VERSION,
+                    "fingerprint": dict(fingerprint),
+                    "state": state.to_json(),
+                },
+            )
+    except (OSError, SafetensorError) as err:
+        # safetensors reports a full disk as SafetensorError("... No space left on device");
+        # the torch files are written through Python file objects, so theirs are OSErrors.
+        raise UserError(_write_failed(work_dir, state.step, err)) from None
     return target
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    # Through a Python file object: a failed write then raises the OSError (ENOSPC, EACCES)
+    # itself, not a RuntimeError from torch's C++ zip writer.
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _write_failed(work_dir: Path, step: int, err: BaseException) -> str:
+    previous = find_checkpoint(work_dir)
+    kept = "there was no earlier checkpoint"
+    if previous is not None:
+        try:
+            kept = f"the previous checkpoint (step {read_state(previous)[0].step}) is intact"
+        except UserError:
+            kept = "the previous checkpoint folder is as it was"
+    return (
+        f"could not write the training checkpoint of step {step} to {work_dir / CHECKPOINT_DIR}"
+        f": {err}. Nothing of it was written ({kept}). Free disk space (or fix the folder's "
+        "permissions) and run the same command again with --resume to continue."
+    )
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Read every part of a checkpoint; nothing is unpickled beyond tensors and plain data."""
-    raw = read_json(path / STATE_FILE)
+    """Read every part of a checkpoint; nothing is unpickled beyond tensors and plain data.
+
+    Raises:
+        UserError: a checkpoint of an older format, or a part that is not what it should be
+            (garbage, truncated, a pickle of arbitrary objects); the message says which.
+    """
+    raw = _read_state_file(path)
     if raw.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {raw.get('format')!r} is not supported")
+        raise UserError(_old_format(path, raw.get("format")))
+    state, fingerprint = _parse_state(path, raw)
     best = path / BEST_FILE
     return Checkpoint(
         path=path,
-        state=RunState.from_json(raw["state"]),
-        fingerprint=raw["fingerprint"],
-        weights=load_file(str(path / WEIGHTS_FILE)),
-        best_weights=load_file(str(best)) if best.is_file() else None,
-        optimizer=torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True),
-        scheduler=torch.load(path / SCHEDULER_FILE, map_location="cpu", weights_only=True),
-        processes=torch.load(path / PROCESSES_FILE, map_location="cpu", weights_only=True),
+        state=state,
+        fingerprint=fingerprint,
+        weights=_load_tensors(path / WEIGHTS_FILE),
+        best_weights=_load_tensors(best) if best.is_file() else None,
+        optimizer=_load_torch(path / OPTIMIZER_FILE),
+        scheduler=_load_torch(path / SCHEDULER_FILE),
+        processes=_load_torch(path / PROCESSES_FILE),
     )
+
+
+def _old_format(path: Path, found: object) -> str:
+    if found == 1:
+        # Refused rather than trusted: a format-1 checkpoint recorded only the row count, so
+        # a resume after the data, settings or teacher changed would continue silently.
+        return (
+            f"{path}: this checkpoint was written by an older textdistill that did not record "
+            "its training data, configuration and teacher, so resuming it cannot be checked. "
+            "Run without --resume to start over (its checkpoints replace this one)."
+        )
+    return (
+        f"{path}: checkpoint format {found!r} is not supported (this textdistill writes "
+        f"{FORMAT_VERSION}); run without --resume to start over."
+    )
+
+
+def _load_tensors(file: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(file))
+    except (OSError, SafetensorError) as err:
+        raise UserError(_refused(file, "safetensors", err)) from None
+
+
+def _load_torch(file: Path) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # A foreign pickle makes torch warn about its protocol before refusing it; the
+            # refusal below says all there is to say.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refuses any pickled object that is not a tensor or plain data. Its
+        # message suggests weights_only=False, exactly what must not be done here: not shown.
+        why = "it holds pickled objects other than tensors and plain data"
+        raise UserError(_refused(file, "weights-only torch", why)) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as err:  # truncated, not a zip
+        raise UserError(_refused(file, "weights-only torch", err)) from None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

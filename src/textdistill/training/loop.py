@@ -8,7 +8,10 @@ the loop knows nothing about teachers, students or distillation.
 
 Reproducibility contract: with the same seed, data and config, a run killed at any point and
 continued with ``cfg.resume`` ends with the same weights and history as an uninterrupted run
-(up to float noise). To keep it:
+(up to float noise). A resume is refused (:class:`UserError` naming what changed) when the
+checkpoint's stage, row count, process count or ``TrainConfig`` (bar ``OUTPUT_ONLY``) differ,
+or when the caller's ``identity`` of the run (hashes of the texts and labels, the rest of the
+configuration, the teacher) does. To keep the contract:
 
 * the shuffling order of epoch ``e`` depends only on ``(seed, e)``;
 * the RNG states, optimizer, scheduler and counters are checkpointed and restored;
@@ -27,8 +30,10 @@ nothing and ``resume`` picks up from there.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,8 +65,18 @@ from textdistill.training.history import METRICS_FILE, MetricsLog
 logger = logging.getLogger(__name__)
 
 
-# Config fields that may change between a run and its resumption: they do not alter the
-# trajectory (``resume`` itself, output cadence).
+Identity = Mapping[str, Mapping[str, Any]]
+"""What a run is, beyond ``TrainConfig``: groups (``data``, ``config``, ``teacher``) of named
+JSON values, e.g. ``{"data": {"texts": sha, "labels": sha}}``. A resume is refused when any
+value differs; hex digests are reported as same/different, other values as old -> new."""
+
+_IDENTITY_WORDS = {
+    "data": ("the training data", "the data"),
+    "config": ("the configuration", "the previous configuration"),
+    "teacher": ("the teacher", "the previous teacher"),
+}
+"""Group -> (what changed, what to restore) in a refusal; other groups use their name."""
+_DIGEST = re.compile(r"[0-9a-f]{16,128}")
 
 
 class HasLoss(Protocol):
@@ -112,6 +127,7 @@ def fit(
     eval_fn: EvalFn | None = None,
     num_labels: int | None = None,
     stage: str = "train",
+    identity: Identity | None = None,
 ) -> FitResult:
     """Train ``model`` by minimising ``loss_fn`` over ``train_set``; return the best weights.
 
@@ -120,7 +136,10 @@ def fit(
     ``eval_fn`` when given, else the built-in classifier evaluation on ``dev_set`` (accuracy,
     macro-F1 over ``range(num_labels)``, cross-entropy on gold labels); with neither, the last
     weights are returned. ``stage`` tags the ``metrics.jsonl`` lines and the checkpoint, so
-    several stages may share one ``work_dir`` (one at a time).
+    several stages may share one ``work_dir`` (one at a time). ``identity`` (see
+    :data:`Identity`) is stored in the checkpoint; resuming refuses a checkpoint whose
+    identity differs, so give everything the trained weights depend on that ``cfg`` does not
+    hold: the data's hashes, the model and loss settings, the teacher.
     """
     return _Trainer(
         model=model,
@@ -134,6 +153,7 @@ def fit(
         eval_fn=eval_fn,
         num_labels=num_labels,
         stage=stage,
+        identity=identity or {},
     ).run()
 
 
@@ -364,6 +384,7 @@ class _Trainer:
         eval_fn: EvalFn | None,
         num_labels: int | None,
         stage: str,
+        identity: Identity,
     ) -> None:
         self.cfg = cfg
         self.loss_fn = loss_fn
@@ -421,6 +442,8 @@ class _Trainer:
             "train_rows": self.train_size,
             "num_processes": acc.num_processes,
             "config": cfg.model_dump(mode="json"),
+            # Through JSON, as the checkpoint stores it: tuples and lists then compare equal.
+            "identity": json.loads(json.dumps({g: dict(v) for g, v in identity.items()})),
         }
 
     # ----------------------------------------------------------------------- driving
@@ -456,13 +479,16 @@ class _Trainer:
         if found is not None and self.cfg.resume:
             self._resume(found)
         elif found is not None:
-            old, _ = ckpt.read_state(found)
+            try:
+                step: int | str = ckpt.read_state(found)[0].step
+            except UserError:
+                step = "unreadable"  # not resumed, so not refused: this run replaces it
             if self.is_main:
                 logger.warning(
-                    "%s: found a checkpoint of an earlier run (step %d); starting fresh. "
+                    "%s: found a checkpoint of an earlier run (step %s); starting fresh. "
                     "Pass --resume to continue it instead; this run's checkpoints replace it.",
                     found,
-                    old.step,
+                    step,
                 )
         elif self.cfg.resume and self.is_main:
             logger.info("%s: no checkpoint to resume from; starting fresh", self.work_dir)
@@ -732,11 +758,19 @@ class _Trainer:
             for key in new_cfg
             if key not in OUTPUT_ONLY and old_cfg.get(key) != new_cfg[key]
         ]
+        changes, restore = _identity_changes(theirs.get("identity", {}), mine["identity"])
         if diffs:
+            changes.insert(
+                0, "the checkpoint was written by a different run (" + "; ".join(diffs) + ")"
+            )
+            restore.append("the previous settings")
+        if changes:
             raise UserError(
-                f"{path}: cannot resume, the checkpoint was written by a different run ("
-                + "; ".join(diffs)
-                + "). Remove the checkpoint folder or run without --resume to start over."
+                f"{path}: cannot resume: "
+                + "; ".join(changes)
+                + "; run without --resume to start over, or restore "
+                + " and ".join(restore)
+                + "."
             )
 
     # ----------------------------------------------------------------------- finish
@@ -771,6 +805,55 @@ class _Trainer:
             stopped_early=self.stopped_early,
             steps=state.step,
         )
+
+
+def _identity_changes(
+    old: Mapping[str, Any], new: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """Sentences saying which identity groups changed and how, and what to restore."""
+    changes: list[str] = []
+    restore: list[str] = []
+    order = [*_IDENTITY_WORDS, *sorted(set(old) | set(new))]
+    for group in dict.fromkeys(g for g in order if g in old or g in new):
+        before = _flatten(old.get(group) or {})
+        after = _flatten(new.get(group) or {})
+        if before == after:
+            continue
+        keys = list(dict.fromkeys([*after, *before]))
+        digests = [k for k in keys if _is_digest(before.get(k)) or _is_digest(after.get(k))]
+        # Hashes are listed together once one differs ("texts: same, labels: different"
+        # tells what to look at); other values only when they differ.
+        any_digest_changed = any(before.get(k) != after.get(k) for k in digests)
+        parts = []
+        for key in keys:
+            a, b = before.get(key), after.get(key)
+            if key in digests:
+                if any_digest_changed:
+                    parts.append(f"{key}: {'same' if a == b else 'different'}")
+            elif a != b:
+                parts.append(f"{key}: {a!r} -> {b!r}")
+        what, back = _IDENTITY_WORDS.get(group, (f"the {group}", f"the previous {group}"))
+        changes.append(f"{what} changed since the checkpoint ({', '.join(parts)})")
+        restore.append(back)
+    return changes, restore
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys, so a refusal names ``student.options.hidden_dim``."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _is_digest(value: Any) -> bool:
+    # Hashes mean nothing to a reader: say whether they match, not what they are.
+    if isinstance(value, list | tuple):
+        return bool(value) and all(_is_digest(v) for v in value)
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
 
 
 def _dataset_size(dataset: Dataset[Any], what: str) -> int:
