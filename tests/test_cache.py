@@ -11,7 +11,6 @@ import logging
 import math
 import pickle
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -609,13 +608,11 @@ def test_soft_targets_are_never_built_from_a_tampered_encode_cache(
     np.testing.assert_allclose(rebuilt.logits, live(models["a"])[0], rtol=1e-5, atol=1e-5)
 
 
-def test_checksum_verification_cost_is_small(tmp_path: Path) -> None:
-    """What verifying a large cache costs (the manifest's sha256 and the finite check); the
-    measured times go to the log, the bound is loose for a busy test machine."""
+def test_verification_reads_large_memory_mapped_arrays(tmp_path: Path) -> None:
+    """Arrays of THUCNews size verify (their cost: benchmarks/check_cost.py)."""
     rows, classes, width = 45_000, 10, 768
     folder = tmp_path / "big"
     folder.mkdir()
-    # The cost depends on the bytes' count, not their values: constant arrays are quick to make.
     np.save(folder / "logits.npy", np.full((rows, classes), 0.5, np.float32))
     np.save(folder / "pooled.npy", np.full((rows, width), 0.25, np.float16))
     manifest = {
@@ -624,14 +621,9 @@ def test_checksum_verification_cost_is_small(tmp_path: Path) -> None:
         "ensemble": "single",
         "texts_sha256": "",
         "rows": rows,
-        "arrays": {},
+        "arrays": cache._array_records(folder),
     }
-    manifest["arrays"] = cache._array_records(folder)
-    t0 = time.perf_counter()
     arrays = cache._verify_arrays(folder, manifest, {"rows": rows, "classes": ["c"] * classes})
-    elapsed = time.perf_counter() - t0
     assert set(arrays) == {"logits.npy", "pooled.npy"}
-    logging.getLogger(__name__).info(
-        "verified 45k x 10 logits + 45k x 768 pooled in %.2fs", elapsed
-    )
-    assert elapsed < 5.0, elapsed
+    assert arrays["pooled.npy"].shape == (rows, width)
+    assert float(arrays["logits.npy"][-1, -1]) == 0.5

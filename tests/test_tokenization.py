@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -342,15 +341,13 @@ def test_a_million_character_text_is_clipped_before_tokenizing(tok):
     left.truncation_side = "left"
     head = "学院" * (MAX_TEXT_CHARS // 2)
     huge = head + "女子足球队" * 200_000  # 1,004,096 characters
-    t0 = time.perf_counter()
     enc = encode(left, [huge, TITLE], max_len=8)
-    elapsed = time.perf_counter() - t0
     clipped = encode(left, [huge[:MAX_TEXT_CHARS], TITLE], max_len=8)
     np.testing.assert_array_equal(enc.ids, clipped.ids)
     np.testing.assert_array_equal(enc.lengths, clipped.lengths)
     assert "球" not in left.convert_ids_to_tokens(enc.row(0).tolist())
-    # Unclipped, the tokenizer normalises the whole million characters first (~4 s here).
-    assert elapsed < 1.0, elapsed
+    # Its cost (0.015 s against 3.7 s unclipped) is measured in benchmarks/check_cost.py; the
+    # memory bound is pinned by tests/test_faults.py.
 
 
 def test_the_cap_leaves_normal_texts_alone(tok):
