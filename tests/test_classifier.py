@@ -4,6 +4,9 @@ JSONL) and the Python API ``textdistill.load(DIR).predict([...])``."""
 from __future__ import annotations
 
 import json
+import math
+import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,14 @@ from typer.testing import CliRunner, Result
 
 import textdistill
 from textdistill.cli import app
-from textdistill.inference.classifier import EMPTY_REASON, Classifier, Prediction
+from textdistill.core.errors import UserError
+from textdistill.core.text import MAX_TEXT_CHARS
+from textdistill.inference.classifier import (
+    EMPTY_REASON,
+    Classifier,
+    ModelOutputError,
+    Prediction,
+)
 
 TEXTS = ["球队比赛冠军进球", "银行基金利率投资", "游戏玩家网游公测"]
 
@@ -182,3 +192,145 @@ def test_cli_not_a_model_folder(tmp_path: Path) -> None:
 def test_logits_of_no_texts_is_an_empty_matrix(clf: Classifier) -> None:
     out = clf.logits([])
     assert out.shape == (0, 3) and out.dtype == np.float32
+
+
+# ------------------------------------------------------------------------------ hardening
+
+
+class FakeBackend(Classifier):
+    """A backend whose logits are given by hand; it records every batch it is asked to encode."""
+
+    backend = "fake"
+
+    def __init__(self, logits: list[float] | None = None) -> None:
+        super().__init__(path=Path("/models/fake"), label_names=["a", "b", "c"], max_len=8, meta={})
+        self.row = torch.tensor(logits if logits is not None else [0.0, 1.0, 2.0])
+        self.encoded: list[list[str]] = []
+
+    def size_mb(self) -> float:
+        return 0.0
+
+    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        self.encoded.append(list(texts))
+        return {"input_ids": torch.zeros((len(texts), 1), dtype=torch.long)}
+
+    def forward_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.row.expand(int(batch["input_ids"].shape[0]), -1).clone()
+
+
+NON_FINITE = {
+    "nan": [0.0, math.nan, 1.0],
+    "+inf": [0.0, math.inf, 1.0],
+    "all -inf": [-math.inf, -math.inf, -math.inf],
+    "+inf and -inf": [math.inf, -math.inf, 0.0],
+}
+
+
+@pytest.mark.parametrize("logits", NON_FINITE.values(), ids=NON_FINITE.keys())
+def test_non_finite_outputs_raise_a_clear_error_never_nan(logits: list[float]) -> None:
+    clf = FakeBackend(logits)
+    with pytest.raises(ModelOutputError, match="cannot predict") as info:
+        clf.predict(["球队", "银行"])
+    assert isinstance(info.value, UserError)  # the CLI prints it, exit code 2
+    message = str(info.value)
+    assert "/models/fake" in message and "damaged" in message and "2 of 2 texts" in message
+    with pytest.raises(ModelOutputError):
+        clf.logits(["球队"])
+
+
+def test_one_minus_inf_logit_is_a_valid_output() -> None:
+    clf = FakeBackend([0.0, -math.inf, 1.0])  # probability 0 for "b"
+    (p,) = clf.predict(["球队"], top_k=3)
+    assert p.label == "c" and p.top_k[-1] == {"label": "b", "probability": 0.0}
+    assert all(math.isfinite(t["probability"]) for t in p.top_k)
+
+
+INVISIBLE = ["\u200b", "\ufeff", "\x01", "\x00", "\x00\x00", "\u200b\ufeff\x01 \t\u3000\u2028"]
+
+
+def test_texts_without_a_visible_character_get_a_reason_and_skip_the_model() -> None:
+    clf = FakeBackend()
+    preds = clf.predict([*INVISIBLE, "球\x00队"])
+    for p, text in zip(preds, INVISIBLE, strict=False):
+        assert p.text == text and p.label is None and p.reason == EMPTY_REASON
+    assert preds[-1].label == "c" and preds[-1].reason is None
+    assert clf.encoded == [["球\x00队"]]  # only the visible text reached the model
+
+
+def test_a_huge_text_is_clipped_before_encoding() -> None:
+    clf = FakeBackend()
+    text = "球" * 1_000_000
+    tracemalloc.start()
+    try:
+        (p,) = clf.predict([text])
+        clf.logits([text])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [len(batch[0]) for batch in clf.encoded] == [MAX_TEXT_CHARS, MAX_TEXT_CHARS]
+    assert clf.encoded[0][0] == text[:MAX_TEXT_CHARS]
+    assert p.text is text and p.label == "c"  # the result keeps the whole text
+    # No copy of the whole text (about 2 MB as UCS-2) was made, let alone tokenized.
+    assert peak < 1_000_000, peak
+
+
+def test_lone_surrogates_do_not_break_the_tokenizer(clf: Classifier) -> None:
+    # A Python string can hold them (e.g. a surrogate-escaped command-line argument).
+    preds = clf.predict(["球队\ud800比赛", "\ud83d\ude00银行"])
+    assert all(p.label in clf.label_names for p in preds)
+    assert preds[0].text == "球队\ud800比赛"
+
+
+def test_a_real_model_encodes_at_most_the_cap(clf: Classifier) -> None:
+    seen: list[int] = []
+    encode = clf.encode
+
+    def spy(texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        seen.extend(len(t) for t in texts)
+        return encode(texts)
+
+    text = "球队比赛冠军进球联赛" * 100_000  # a million characters
+    try:
+        clf.encode = spy  # type: ignore[method-assign]
+        (p,) = clf.predict([text])
+    finally:
+        del clf.encode  # the module-scoped classifier gets its own method back
+    assert seen == [MAX_TEXT_CHARS] and p.label in clf.label_names
+
+
+@pytest.fixture(scope="module")
+def overflow_student(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder whose weights are finite (it loads) but overflow: infinite logits, NaN
+    probabilities - what a bit flip in an exponent does."""
+    from textdistill.data.tokenization import build_tokenizer
+    from textdistill.models.folders import save_student
+    from textdistill.models.students import build_student
+
+    tokenizer = build_tokenizer([*TEXTS, *TEXTS], vocab_size=60)
+    model = build_student("bilstm", "small", len(tokenizer), 3, embed_dim=8, hidden_dim=8)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.fill_(3e38 if name.startswith("classifier") else 10.0)
+    out = tmp_path_factory.mktemp("overflow") / "student"
+    save_student(out, model, tokenizer, ["sports", "finance", "game"], max_len=16)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["json", "jsonl", "table"])
+def test_cli_a_model_that_cannot_predict_exits_2_without_nan(
+    overflow_student: Path, fmt: str
+) -> None:
+    result = invoke(TEXTS[0], "", "-m", overflow_student, "-f", fmt)
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.stderr.split())
+    assert "cannot predict" in message and str(overflow_student) in message
+    assert "Traceback" not in result.output and "NaN" not in result.stdout
+
+
+def test_cli_json_is_strict_json(tiny_student: Path) -> None:
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"{constant} in the output")
+
+    result = ok(invoke(TEXTS[0], "\u200b", "-m", tiny_student, "-f", "json", "-k", "3"))
+    items = json.loads(result.stdout, parse_constant=refuse)
+    assert items[1]["label"] is None and items[1]["reason"] == EMPTY_REASON

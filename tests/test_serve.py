@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -71,6 +74,31 @@ def student_dir(
 @pytest.fixture(scope="module")
 def onnx_dir(student_dir: Path) -> Path:
     return export_model(student_dir, student_dir.with_name("student-onnx")).out
+
+
+@pytest.fixture(scope="module")
+def nan_student_dir(
+    tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerFast
+) -> Path:
+    """A student folder that loads (every weight finite) but cannot predict: saturated LSTM
+    gates and a head near float32's largest value overflow to infinite logits, whose
+    softmax is NaN. (NaN weights themselves are refused when the folder is loaded.)"""
+    model = build_student("bilstm", "small", len(tokenizer), 3, embed_dim=8, hidden_dim=8)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.fill_(3e38 if name.startswith("classifier") else 10.0)
+    out = tmp_path_factory.mktemp("serve-nan") / "damaged"
+    save_student(out, model, tokenizer, CLASSES, max_len=16, metrics={"accuracy": 0.5})
+    return out
+
+
+def strict_json(text: str) -> Any:
+    """``json.loads`` that refuses NaN and infinities (what a strict client's parser does)."""
+
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"{constant} in a response: {text[:200]}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 @pytest.fixture
@@ -255,6 +283,35 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str, str]] = [
     ("top_k str", {"json": {"texts": ["a"], "top_k": "2"}}, 422, "invalid_request", "top_k"),
     ("top_k float", {"json": {"texts": ["a"], "top_k": 1.5}}, 422, "invalid_request", "top_k"),
     ("top_k bool", {"json": {"texts": ["a"], "top_k": True}}, 422, "invalid_request", "top_k"),
+    ("top_k 4.0", {"json": {"texts": ["a"], "top_k": 4.0}}, 422, "invalid_request", "less than"),
+    (
+        "top_k 1e400",
+        {"content": b'{"texts": ["a"], "top_k": 1e400}', "headers": JSON},
+        422,
+        "invalid_request",
+        "top_k",
+    ),
+    (
+        "lone surrogate",
+        {"content": b'{"texts": ["a\\ud800"]}', "headers": JSON},
+        422,
+        "invalid_request",
+        "texts[0]",
+    ),
+    (
+        "not utf-8",
+        {"content": b'{"texts": ["\xff\xfe"]}', "headers": JSON},
+        400,
+        "invalid_body",
+        "parsing the body",
+    ),
+    (
+        "deep nesting",
+        {"content": b"[" * 2000 + b"]" * 2000, "headers": JSON},
+        400,
+        "invalid_body",
+        "parsing the body",
+    ),
     ("unknown", {"json": {"texts": ["a"], "topk": 2}}, 422, "invalid_request", "topk: Extra"),
     (
         "huge body",
@@ -320,12 +377,141 @@ def test_a_failing_model_fails_its_batch_only(clf: Classifier) -> None:
         assert client.post("/v1/classify", json={"texts": ["球队"]}).status_code == 200
 
 
+def test_an_integral_top_k_is_the_integer_the_schema_says(limited_client: Any) -> None:
+    # JSON Schema's "integer" (the published type of top_k) includes 2.0.
+    r = limited_client.post("/v1/classify", json={"texts": ["球队"], "top_k": 2.0})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"][0]["top_k"]) == 2
+
+
+def test_invisible_texts_get_a_reason_and_skip_the_model(clf: Classifier) -> None:
+    app = create_app(clf)
+    calls = _count_calls(clf)
+    texts = ["\u200b", "\ufeff", "\x01", "\x00", "\u200b\x00 \ufeff\u3000"]
+    with TestClient(app) as client:
+        calls.clear()  # the start-up warm-up
+        r = client.post("/v1/classify", json={"texts": [*texts, "球队\x00比赛"]})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [x["reason"] for x in results[:5]] == ["empty text"] * 5
+    assert all(x["label"] is None for x in results[:5])
+    assert results[5]["label"] in CLASSES  # a NUL inside visible text is just dropped
+    assert calls == [1]
+
+
+def test_the_probe_runs_when_the_app_is_built(clf: Classifier) -> None:
+    calls = _count_calls(clf)
+    app = create_app(clf)
+    assert calls == [1] and app.state.batcher.problem is None
+
+
+def test_a_model_with_nan_weights_is_reported_never_served_as_nan(nan_student_dir: Path) -> None:
+    app = create_app(nan_student_dir)  # built all the same: /healthz is there to say why
+    assert "cannot predict" in app.state.batcher.problem
+    with TestClient(app, raise_server_exceptions=False) as client:
+        health = client.get("/healthz")
+        r = client.post("/v1/classify", json={"texts": ["球队比赛", ""], "top_k": 3})
+        empty = client.post("/v1/classify", json={"texts": [" "]})
+    assert health.status_code == 503
+    body = strict_json(health.text)
+    assert body["status"] == "error"
+    assert str(nan_student_dir) in body["reason"] and "damaged" in body["reason"]
+    assert r.status_code == 503
+    error = strict_json(r.text)["error"]
+    assert error["code"] == "model_unavailable" and "cannot predict" in error["message"]
+    assert empty.status_code == 200  # no model call, nothing to refuse
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf], ids=["nan", "inf"])
+def test_non_finite_outputs_while_serving_answer_503_and_turn_healthz_503(
+    clf: Classifier, value: float
+) -> None:
+    def broken(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.full((int(batch["input_ids"].shape[0]), 3), value)
+
+    with TestClient(create_app(clf), raise_server_exceptions=False) as client:
+        assert client.get("/healthz").status_code == 200
+        clf.forward_batch = broken  # type: ignore[method-assign]
+        r = client.post("/v1/classify", json={"texts": ["球队", "银行"], "top_k": 3})
+        health = client.get("/healthz")
+    assert r.status_code == 503
+    assert strict_json(r.text)["error"]["code"] == "model_unavailable"
+    assert health.status_code == 503
+    assert "NaN or infinite" in strict_json(health.text)["reason"]
+
+
+def test_model_info_never_carries_nan(clf: Classifier) -> None:
+    clf.meta["dev_metrics"] = {"accuracy": math.nan, "macro_f1": -math.inf, "n": 3}
+    with TestClient(create_app(clf)) as client:
+        r = client.get("/v1/model")
+    assert r.status_code == 200
+    assert strict_json(r.text)["dev_metrics"] == {"accuracy": None, "macro_f1": None, "n": 3}
+
+
+def _post_streamed(app: Any, body: Any) -> Any:
+    """POST an async iterable of bytes: httpx sends it chunked, with no Content-Length."""
+
+    async def run() -> Any:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/v1/classify", content=body, headers=JSON)
+
+    return asyncio.run(run())
+
+
+def test_a_chunked_body_over_the_limit_is_refused_before_it_is_all_read(clf: Classifier) -> None:
+    app = create_app(clf)  # the default limits
+    limit = app.state.settings.max_body_bytes
+    chunk, total = 64 * 1024, 12 * 1024 * 1024
+    assert total > 3 * limit
+    sent: list[int] = []
+
+    async def body() -> Any:
+        yield b'{"texts": ["'
+        while sum(sent) < total:
+            sent.append(chunk)
+            yield b"a" * chunk
+        yield b'"]}'
+
+    r = _post_streamed(app, body())
+    assert r.request.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in r.request.headers
+    assert r.status_code == 413, r.text
+    error = r.json()["error"]
+    assert error["code"] == "payload_too_large" and str(limit) in error["message"]
+    # Reading stopped at the limit: the rest of the stream was never asked for.
+    assert limit < sum(sent) <= limit + chunk
+
+
+def test_a_chunked_body_within_the_limit_is_served(clf: Classifier) -> None:
+    data = json.dumps({"texts": ["球队比赛", "银行"]}, ensure_ascii=False).encode()
+
+    async def body() -> Any:
+        for i in range(0, len(data), 5):  # pieces that split characters too
+            yield data[i : i + 5]
+
+    r = _post_streamed(create_app(clf), body())
+    assert r.status_code == 200, r.text
+    assert [x["label"] in CLASSES for x in r.json()["results"]] == [True, True]
+
+
+def test_the_largest_valid_body_fits_the_size_limit(clf: Classifier) -> None:
+    # Characters outside the BMP are written as two \\uXXXX escapes (12 bytes) by clients
+    # that escape non-ASCII (json.dumps by default): still within max_text_chars.
+    settings = ServeSettings(max_texts=4, max_text_chars=500)
+    body = json.dumps({"texts": ["😀" * 500] * 4, "top_k": 3}).encode()
+    assert len(body) > 4 * 500 * 12
+    with TestClient(create_app(clf, settings)) as client:
+        r = client.post("/v1/classify", content=body, headers=JSON)
+    assert r.status_code == 200, r.text
+
+
 # ---------------------------------------------------------------- micro-batching
 
 
 def test_concurrent_requests_are_batched(clf: Classifier) -> None:
-    calls = _count_calls(clf)
     app = create_app(clf, ServeSettings(max_batch_size=64, max_wait_ms=50))
+    calls = _count_calls(clf)  # after create_app: its probe prediction is not a request
     texts = TEXTS * 2  # 20 requests of one text each
     responses = _concurrent_posts(app, [{"texts": [t]} for t in texts])
     assert [r.status_code for r in responses] == [200] * 20
@@ -342,8 +528,8 @@ def test_concurrent_requests_are_batched(clf: Classifier) -> None:
 
 
 def test_batches_respect_max_batch_size(clf: Classifier) -> None:
-    calls = _count_calls(clf)
     app = create_app(clf, ServeSettings(max_batch_size=4, max_wait_ms=50, max_texts=10))
+    calls = _count_calls(clf)
     bodies: list[dict[str, Any]] = [{"texts": [t]} for t in TEXTS[:9]]
     bodies.append({"texts": TEXTS[:6]})  # larger than a batch: runs alone, chunked by 4
     responses = _concurrent_posts(app, bodies)
@@ -360,9 +546,9 @@ def test_full_queue_answers_503(clf: Classifier) -> None:
         entered.set()
         release.wait(10)
 
-    _count_calls(clf, before=block)
     settings = ServeSettings(max_batch_size=1, max_wait_ms=0, max_texts=1, max_queue_texts=2)
     app = create_app(clf, settings)
+    _count_calls(clf, before=block)
     batcher = app.state.batcher
 
     async def scenario() -> tuple[Any, list[Any]]:
@@ -396,8 +582,8 @@ def test_shutdown_answers_running_and_queued_requests(clf: Classifier) -> None:
         entered.set()
         release.wait(10)
 
-    _count_calls(clf, before=block)
     app = create_app(clf, ServeSettings(max_batch_size=1, max_wait_ms=0))
+    _count_calls(clf, before=block)
     batcher = app.state.batcher
 
     async def scenario() -> list[Any]:
@@ -459,6 +645,61 @@ def test_cli_serve_rejects_bad_options(student_dir: Path, args: list[str], messa
     assert message in " ".join(result.output.split())
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cli_serve_refuses_a_model_that_cannot_predict(
+    nan_student_dir: Path, workers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    def never(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("the server started")
+
+    monkeypatch.setattr(uvicorn, "run", never)
+    monkeypatch.delenv(ENV_MODEL, raising=False)
+    args = ["serve", "--model", str(nan_student_dir), "--workers", workers]
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "cannot serve" in output and "cannot predict" in output
+    assert "Traceback" not in output and ENV_MODEL not in os.environ
+
+
+def _chunked_post(port: int, total: int, chunk: int = 64 * 1024) -> tuple[bytes, int]:
+    """POST ``total`` bytes with ``Transfer-Encoding: chunked`` over a raw socket, a thread
+    sending while this one waits for the answer; returns its status line and bytes sent."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sent = [0]
+
+    def send() -> None:
+        head = (
+            "POST /v1/classify HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        )
+        try:
+            sock.sendall(head.encode())
+            piece = b"%x\r\n" % chunk + b"a" * chunk + b"\r\n"
+            while sent[0] < total:
+                sock.sendall(piece)
+                sent[0] += chunk
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:  # the server answered and closed: what this test wants
+            pass
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        answer = b""
+        while b"\r\n" not in answer:
+            data = sock.recv(4096)
+            if not data:
+                break
+            answer += data
+    finally:
+        sock.close()
+        sender.join(30)
+    return answer.split(b"\r\n", 1)[0], sent[0]
+
+
 @pytest.mark.slow
 def test_real_server_process(onnx_dir: Path, tmp_path: Path) -> None:
     port = free_port()
@@ -486,6 +727,12 @@ def test_real_server_process(onnx_dir: Path, tmp_path: Path) -> None:
         assert httpx.get(f"{base}/v1/model").json()["backend"] == "onnx"
         bad = httpx.post(f"{base}/v1/classify", json={"texts": []})
         assert bad.status_code == 422
+        # Far over the limit, and over what socket buffers hold: a server that read on
+        # would take it all; this one answers 413 and stops reading (the sender fails).
+        status, sent = _chunked_post(port, total=64 * 1024 * 1024)
+        assert status.startswith(b"HTTP/1.1 413"), status
+        assert sent < 64 * 1024 * 1024
+        assert httpx.get(f"{base}/healthz").status_code == 200  # and the server goes on
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         assert "Application shutdown complete" in log_file.read_text(errors="replace")

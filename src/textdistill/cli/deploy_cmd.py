@@ -84,7 +84,9 @@ def serve(
         5.0, "--max-wait-ms", help="Longest wait for a batch to fill, in milliseconds."
     ),
     max_texts: int = typer.Option(256, "--max-texts", help="Most texts per request."),
-    max_text_chars: int = typer.Option(1000, "--max-text-chars", help="Most characters per text."),
+    max_text_chars: int = typer.Option(
+        1000, "--max-text-chars", help="Most characters per text; longer texts get 422."
+    ),
     max_queue_texts: int | None = typer.Option(
         None,
         "--max-queue-texts",
@@ -96,7 +98,10 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Serve a model over HTTP: POST /v1/classify, GET /healthz, /v1/model, docs at /docs."""
+    """Serve a model over HTTP: POST /v1/classify, GET /healthz, /v1/model, docs at /docs.
+
+    A probe prediction runs first: a model that cannot predict (damaged weights) is not served.
+    """
     from pydantic import ValidationError
 
     from textdistill.deploy.serve import ServeSettings, run_server

@@ -12,8 +12,10 @@ from rich.table import Table
 from textdistill.cli.common import (
     ConfigOpt,
     DataOpt,
+    LabelsOpt,
     VerboseOpt,
     console,
+    data_overrides,
     resolve_config,
     setup_logging,
     user_errors,
@@ -27,11 +29,15 @@ ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for latency measu
 
 
 def _split(
-    data: Path | None, config: Path | None, split: str, threads: int | None
+    data: Path | None,
+    config: Path | None,
+    split: str,
+    threads: int | None,
+    labels: Path | None = None,
 ) -> tuple[Config, Corpus, Split]:
     from textdistill.data.splits import open_corpus
 
-    cfg = resolve_config(config, {"data.dir": str(data) if data else None, "eval.threads": threads})
+    cfg = resolve_config(config, {**data_overrides(data, labels), "eval.threads": threads})
     corpus = open_corpus(cfg, also=[split])
     return cfg, corpus, corpus.split(split)
 
@@ -40,6 +46,7 @@ def _split(
 def evaluate(
     model: Path = typer.Option(..., "--model", "-m", help="Model folder (teacher or student)."),
     data: Path | None = DataOpt,
+    labels: Path | None = LabelsOpt,
     split: str = SplitOpt,
     teacher: Path | None = typer.Option(
         None, "--teacher", "-t", help="Teacher folder for the agreement rate."
@@ -60,7 +67,7 @@ def evaluate(
     from textdistill.inference.load import load
 
     setup_logging(verbose)
-    cfg, corpus, sp = _split(data, config, split, threads)
+    cfg, corpus, sp = _split(data, config, split, threads, labels)
     ev = evaluate_model(
         load(model),
         sp,
@@ -89,6 +96,7 @@ def evaluate(
 def compare(
     models: list[Path] = typer.Option(..., "--models", "-m", help="Model folders (repeat)."),
     data: Path | None = DataOpt,
+    labels: Path | None = LabelsOpt,
     split: str = SplitOpt,
     out: Path = typer.Option(..., "--out", "-o", help="Report folder."),
     reference: str | None = typer.Option(
@@ -102,7 +110,7 @@ def compare(
     from textdistill.evaluation.evaluate import compare_models
 
     setup_logging(verbose)
-    cfg, corpus, sp = _split(data, config, split, threads)
+    cfg, corpus, sp = _split(data, config, split, threads, labels)
     report, _ = compare_models(
         models, sp, out, eval_cfg=cfg.eval, reference=reference, label_names=corpus.label_names
     )
@@ -157,11 +165,14 @@ def predict(
         raise UserError("no texts: give them as arguments, with --input FILE, or on stdin")
     clf = load(model)
     results = clf.predict(items, top_k=top_k, batch_size=batch_size)
+    # allow_nan=False: JSON has no NaN, and the classifier refuses non-finite outputs
+    # already (a clean error, exit 2); this guard keeps any slip from writing invalid JSON.
     if fmt == "json":
-        print(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=2))
+        records = [r.to_dict() for r in results]
+        print(json.dumps(records, ensure_ascii=False, indent=2, allow_nan=False))
     elif fmt == "jsonl":
         for r in results:
-            print(json.dumps(r.to_dict(), ensure_ascii=False))
+            print(json.dumps(r.to_dict(), ensure_ascii=False, allow_nan=False))
     else:
         table = Table(
             "text", "label", "probability", "latency ms", *(["top-k"] if top_k > 1 else [])

@@ -7,6 +7,12 @@ requests meanwhile) and resolves each request's future with its own slice. Under
 requests that arrive during one inference form the next batch. A request larger than
 ``max_batch_size`` runs as its own batch (chunked by ``predict``). The HTTP service
 (:mod:`textdistill.deploy.serve`) is one user; anything with an asyncio loop can be another.
+
+**Health.** A model whose outputs are not finite (damaged weights) fails its batch with
+:class:`ModelUnavailable` and leaves the batcher unhealthy for good (:attr:`problem`): a
+model that produced NaN once cannot be trusted on the next batch either, and the process
+should be replaced rather than kept in rotation. :meth:`probe` checks the model before any
+request; any other exception fails only its batch.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from textdistill.inference.classifier import Classifier, Prediction
+from textdistill.inference.classifier import Classifier, ModelOutputError, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,27 @@ class ServiceClosed(Exception):
 
 class InferenceFailed(Exception):
     """The model raised on the batch this request was in (the cause is chained)."""
+
+
+class ModelUnavailable(InferenceFailed):
+    """The model's outputs were not finite on this batch: it cannot predict (see the docs)."""
+
+
+PROBE_TEXT = "warm-up"
+"""The text :func:`probe` classifies (any visible text reaches the model)."""
+
+
+def probe(classifier: Classifier) -> str | None:
+    """Classify :data:`PROBE_TEXT` on the calling thread: None when that worked, else why not.
+
+    Never raises (a model that cannot predict is reported, and the caller decides).
+    """
+    try:
+        classifier.predict([PROBE_TEXT])
+    except Exception as err:  # whatever breaks the model must be reported, not raised
+        log.error("probe prediction failed: %s: %s", type(err).__name__, err)
+        return f"the probe prediction failed: {err}"
+    return None
 
 
 @dataclass
@@ -89,13 +116,15 @@ class MicroBatcher:
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue_texts = max_queue_texts
         self.stats = BatchStats()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textdistill-infer")
+        self._executor = _inference_thread()
+        self._closed = False
         self._pending: deque[_Job] = deque()
         self._pending_texts = 0
         self._inflight: list[_Job] = []
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._model_problem: str | None = None
 
     @property
     def running(self) -> bool:
@@ -107,9 +136,27 @@ class MicroBatcher:
         return self._pending_texts
 
     @property
+    def problem(self) -> str | None:
+        """Why requests cannot be answered, or None: the model cannot predict (a failed
+        :meth:`probe` or non-finite outputs on a batch), or the worker stopped."""
+        if self._model_problem is not None:
+            return self._model_problem
+        if self._task is not None and self._task.done():
+            return "the batching worker stopped"
+        return None
+
+    @property
     def healthy(self) -> bool:
-        """Running, or not started yet (it starts with the first request or the lifespan)."""
-        return self._task is None or not self._task.done()
+        """No :attr:`problem`: the worker runs, or has not started yet (it starts with the
+        first request or the lifespan), and the model has not failed."""
+        return self.problem is None
+
+    def probe(self) -> str | None:
+        """:func:`probe` of the classifier; a failure leaves the batcher unhealthy."""
+        problem = probe(self.classifier)
+        if problem is not None:
+            self._model_problem = problem
+        return problem
 
     def start(self) -> None:
         """Start the worker on the running loop; restart it if it stopped.
@@ -118,6 +165,11 @@ class MicroBatcher:
         loop cannot be resolved from this one.
         """
         loop = asyncio.get_running_loop()
+        if self._closed:
+            # Started again after close() (a second lifespan on the same app, as test
+            # clients run): close() shut the old thread down.
+            self._executor = _inference_thread()
+            self._closed = False
         if self.running and self._loop is loop:
             return
         if self._loop is not loop:
@@ -129,10 +181,11 @@ class MicroBatcher:
             log.error("the batching worker stopped (%r); restarting it", self._task.exception())
         self._task = loop.create_task(self._work(), name="textdistill-batcher")
 
-    async def warmup(self) -> None:
-        """One inference before serving, so the first client does not pay for lazy set-up."""
+    async def warmup(self) -> str | None:
+        """:meth:`probe` on the inference thread before serving, so that the first client does
+        not pay for lazy set-up (thread-local state included); returns its problem."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.classifier.predict, ["warm-up"])
+        return await loop.run_in_executor(self._executor, self.probe)
 
     async def classify(self, texts: list[str], top_k: int = 1) -> BatchResult:
         """Queue ``texts`` and wait for their batch; raises :class:`Overloaded` when full."""
@@ -157,6 +210,7 @@ class MicroBatcher:
         self._pending.clear()
         self._pending_texts = 0
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._closed = True
 
     async def _work(self) -> None:
         while True:
@@ -214,6 +268,13 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         try:
             preds = await loop.run_in_executor(self._executor, self._predict, texts, k)
+        except ModelOutputError as err:
+            # Logged by the classifier; the traceback would add nothing.
+            self._model_problem = str(err)
+            failure: InferenceFailed = ModelUnavailable(str(err))
+            failure.__cause__ = err
+            self._fail(live, failure)
+            return
         except Exception as err:
             log.exception("inference failed on a batch of %d texts", len(texts))
             failure = InferenceFailed(f"{type(err).__name__}: {err}")
@@ -238,6 +299,10 @@ class MicroBatcher:
         self.stats.texts += texts
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, texts)
+
+
+def _inference_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="textdistill-infer")
 
 
 def _truncate_top_k(p: Prediction, k: int) -> Prediction:

@@ -4,10 +4,11 @@ Endpoints (OpenAPI docs at ``/docs``):
 
 - ``POST /v1/classify`` ``{"texts": ["..."], "top_k": 1}`` -> one result per text: label,
   label id, probability, the ``top_k`` most likely labels, the model's time per text; plus
-  the request's time in the queue and the size of the batch it ran in. An empty or
-  whitespace-only text gets ``label: null`` and a ``reason``, as :meth:`Classifier.predict`
-  does, with status 200.
-- ``GET /healthz``: 200 ``{"status": "ok"}`` while the batching worker runs, else 503.
+  the request's time in the queue and the size of the batch it ran in. A text without a
+  visible character (empty, whitespace, zero-width spaces, control characters such as NUL)
+  gets ``label: null`` and a ``reason``, as :meth:`Classifier.predict` does, with status 200.
+- ``GET /healthz``: 200 ``{"status": "ok"}`` while the model can predict and the batching
+  worker runs, else 503 ``{"status": "error", "reason": "..."}``.
 - ``GET /v1/model``: name, kind, backend, quantization, labels, sizes, fingerprint, limits.
 - ``GET /v1/stats``: requests, texts and batches served so far.
 
@@ -17,6 +18,23 @@ Endpoints (OpenAPI docs at ``/docs``):
 many texts, a text over ``max_text_chars`` characters, ``top_k`` outside ``[1, labels]``
 (422). A full queue answers 503 with ``Retry-After``; a model that raises on a batch answers
 500 ``inference_failed`` to the requests in that batch, and the service goes on.
+
+**A model that cannot predict.** :func:`create_app` runs a probe prediction before serving;
+``textdistill serve`` refuses to start when it fails, and an app built anyway reports the
+problem on ``/healthz`` (503). A batch whose outputs are NaN or infinite (damaged weights)
+answers 503 ``model_unavailable`` and makes ``/healthz`` 503 from then on; no response
+ever carries NaN (JSON has none).
+
+**Limits.** The body is capped at :attr:`ServeSettings.max_body_bytes` however it is sent:
+a larger ``Content-Length`` is refused unread, and a body without one (``Transfer-Encoding:
+chunked``) is read chunk by chunk and refused (413) as soon as it passes the cap, so a
+request never holds more than the cap in memory. Texts over ``max_text_chars`` are
+rejected (422), not cut, so a client learns that the model would not see all of its text;
+whatever that limit, the classifier cuts each text to
+:data:`textdistill.core.text.MAX_TEXT_CHARS` characters before tokenizing (the cap
+training encodes use), so memory per text stays bounded. The published OpenAPI schema and
+the validation agree: ``top_k`` is a JSON Schema integer, which ``2.0`` also is, so an
+integral number is accepted as that integer while ``1.5``, ``"2"`` and ``true`` are not.
 
 **Micro-batching** (:mod:`textdistill.deploy.batcher`): concurrent requests are joined into
 batches of at most ``max_batch_size`` texts, waiting at most ``max_wait_ms``.
@@ -37,7 +55,9 @@ set, uses ``cpu_count // N`` intra-op threads so the workers do not oversubscrib
 # time, and the request model is built per app (its limits come from the settings).
 
 import logging
+import math
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -49,6 +69,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -63,12 +84,19 @@ from textdistill.deploy.batcher import (
     BatchResult,
     InferenceFailed,
     MicroBatcher,
+    ModelUnavailable,
     Overloaded,
     ServiceClosed,
+    probe,
 )
 from textdistill.inference.classifier import Classifier
 from textdistill.inference.load import check_backend, load
-from textdistill.models.folders import folder_format, read_meta
+from textdistill.models.folders import (
+    ALLOW_MODIFIED_ENV,
+    allow_modified_default,
+    folder_format,
+    read_meta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +105,11 @@ ENV_SETTINGS = "TEXTDISTILL_SERVE_SETTINGS"
 CLASSIFY_PATH = "/v1/classify"
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
-# A JSON string may spell a character as a 6-byte \uXXXX escape; the byte limit of a
-# classify body is the largest valid request written that way, plus room for the rest.
-_BYTES_PER_CHAR = 6
+# A JSON string may spell a character as a 6-byte \uXXXX escape, and one outside the BMP
+# (an emoji) as two, a surrogate pair: 12 bytes for what counts as one character. The byte
+# limit of a classify body is the largest valid request written that way, plus room for the
+# rest, so no request that the schema allows is refused for its size.
+_BYTES_PER_CHAR = 12
 _BODY_OVERHEAD = 4096
 
 Scope = MutableMapping[str, Any]
@@ -103,7 +133,8 @@ class ServeSettings(BaseModel):
     max_texts: int = Field(256, ge=1)
     """Most texts in one request."""
     max_text_chars: int = Field(1000, ge=1)
-    """Most characters in one text (longer texts are rejected, not truncated)."""
+    """Most characters in one text (longer texts are rejected, not truncated; the model sees
+    at most ``textdistill.core.text.MAX_TEXT_CHARS`` of any text)."""
     max_queue_texts: int = Field(10_000, ge=1)
     """Texts waiting at most; beyond, requests get 503 so that latency stays bounded."""
     threads: int | None = Field(None, ge=1)
@@ -120,7 +151,8 @@ class ServeSettings(BaseModel):
 
     @property
     def max_body_bytes(self) -> int:
-        """Largest classify body accepted (checked on ``Content-Length`` before reading)."""
+        """Largest request body accepted: checked on ``Content-Length`` before reading, and on
+        the bytes read so far for a body sent without one (chunked)."""
         return self.max_texts * (self.max_text_chars * _BYTES_PER_CHAR + 8) + _BODY_OVERHEAD
 
 
@@ -151,12 +183,26 @@ class TextResult(BaseModel):
     reason: str | None = Field(None, description="Why label is null (e.g. an empty text).")
 
 
+class HealthResponse(BaseModel):
+    status: Literal["ok", "error"]
+    reason: str | None = Field(None, description="Why the service cannot answer (503 only).")
+
+
 class ClassifyResponse(BaseModel):
     model: str
     results: list[TextResult]
     queue_ms: float = Field(description="Time the request waited for its batch to start.")
     batch_texts: int = Field(description="Texts in the batch this request ran in.")
     batch_ms: float = Field(description="Wall time of that batch's inference.")
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type, and JSON Schema's "integer" (what the OpenAPI schema says
+    # top_k is) includes 2.0: take an integral float as its int. The strict int check that
+    # runs next still refuses 1.5, "2", true and non-finite numbers.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _request_model(settings: ServeSettings, num_labels: int) -> type[BaseModel]:
@@ -175,7 +221,7 @@ def _request_model(settings: ServeSettings, num_labels: int) -> type[BaseModel]:
             ),
         ),
         top_k=(
-            int,
+            Annotated[int, BeforeValidator(_integral)],
             Field(1, ge=1, le=num_labels, description=f"Labels per text, 1 to {num_labels}."),
         ),
     )
@@ -217,7 +263,9 @@ async def _validation_error(request: Request, exc: Exception) -> Any:
 
 async def _http_error(request: Request, exc: Exception) -> Any:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(
+        exc.status_code, "http_error"
+    )
     return _error(exc.status_code, code, str(exc.detail), **dict(exc.headers or {}))
 
 
@@ -233,39 +281,80 @@ async def _inference_failed(request: Request, exc: Exception) -> Any:
     return _error(500, "inference_failed", f"the model failed on this batch: {exc}")
 
 
+async def _model_unavailable(request: Request, exc: Exception) -> Any:
+    # 503, not 500: the server works, the model it holds cannot predict (see /healthz).
+    return _error(503, "model_unavailable", str(exc))
+
+
 async def _internal(request: Request, exc: Exception) -> Any:
     # Starlette re-raises after this response, so the server logs the traceback.
     return _error(500, "internal_error", "the server failed to answer; see its log")
 
 
 class _BodyLimit:
-    """Reject classify bodies whose declared size exceeds the limit, before reading them."""
+    """Refuse request bodies over ``max_bytes`` (413) however they are sent.
+
+    A declared ``Content-Length`` over the limit is refused before anything is read. Any
+    other body (``Transfer-Encoding: chunked``, or a length within the limit) is read here
+    chunk by chunk and refused as soon as the bytes read pass the limit, the rest unread;
+    a body within it is handed on whole (the app buffers it whole anyway to parse it).
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == CLASSIFY_PATH:
-            declared = dict(scope["headers"]).get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                response = _error(
-                    413,
-                    "payload_too_large",
-                    f"the body has {int(declared)} bytes; the limit is {self.max_bytes}",
-                )
-                await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            text = f"the body has {int(declared)} bytes; the limit is {self.max_bytes}"
+            await _error(413, "payload_too_large", text)(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left mid-body: nobody to answer, nothing to log
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                text = f"the body is over the limit of {self.max_bytes} bytes"
+                await _error(413, "payload_too_large", text)(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replay: deque[Message] = deque([{"type": "http.request", "body": b"".join(chunks)}])
+
+        async def replayed() -> Message:
+            # The body once, then the client's own messages (a disconnect, for instance).
+            return replay.popleft() if replay else await receive()
+
+        await self.app(scope, replayed, send)
 
 
 # --------------------------------------------------------------------------- app
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (a damaged folder's metrics) as None: valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _model_info(clf: Classifier, settings: ServeSettings) -> dict[str, Any]:
     meta = clf.meta
     source = meta.get("source") or {}
-    return {
+    info = {
         "name": clf.path.name,
         "kind": meta.get("kind", clf.kind),
         "backend": folder_format(meta),
@@ -287,6 +376,7 @@ def _model_info(clf: Classifier, settings: ServeSettings) -> dict[str, Any]:
             "max_queue_texts": settings.max_queue_texts,
         },
     }
+    return dict(_finite(info))
 
 
 def _response(clf: Classifier, result: BatchResult) -> dict[str, Any]:
@@ -310,7 +400,10 @@ def create_app(
     """The service for one model: a loaded :class:`Classifier` or a model folder path.
 
     Given a path, the folder is loaded with ``settings.backend`` and ``settings.threads``
-    sets torch's (and so ONNX Runtime's) intra-op threads for this process.
+    sets torch's (and so ONNX Runtime's) intra-op threads for this process. A probe
+    prediction runs here; when it fails the app is still built (``/healthz`` answers 503
+    with the reason, ``app.state.batcher.problem`` holds it) and :func:`run_server` refuses
+    to serve it.
     """
     settings = settings or ServeSettings()
     if isinstance(classifier, Classifier):
@@ -327,11 +420,14 @@ def create_app(
     )
     clf.prepare_for_serving()
     info = _model_info(clf, settings)
+    batcher.probe()  # logs and records a failure; /healthz and run_server report it
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
-        await batcher.warmup()
+        if batcher.problem is None:
+            # The probe again, on the inference thread: its lazy set-up is thread-local.
+            await batcher.warmup()
         log.info("serving %s (%s, %s)", clf.path, info["kind"], info["backend"])
         yield
         await batcher.close()
@@ -350,6 +446,7 @@ def create_app(
     app.add_exception_handler(Overloaded, _overloaded)
     app.add_exception_handler(ServiceClosed, _closed)
     app.add_exception_handler(InferenceFailed, _inference_failed)
+    app.add_exception_handler(ModelUnavailable, _model_unavailable)
     app.add_exception_handler(Exception, _internal)
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     _add_routes(app, clf, batcher, settings, info)
@@ -384,10 +481,17 @@ def _add_routes(
         summary="Classify texts",
     )
 
-    @app.get("/healthz", summary="Liveness and readiness")
+    @app.get(
+        "/healthz",
+        summary="Liveness and readiness",
+        response_model=HealthResponse,
+        responses={503: {"model": HealthResponse, "description": "The model cannot predict."}},
+    )
     async def healthz() -> JSONResponse:
-        ok = batcher.healthy
-        return JSONResponse({"status": "ok" if ok else "error"}, status_code=200 if ok else 503)
+        problem = batcher.problem
+        if problem is None:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "error", "reason": problem}, status_code=503)
 
     @app.get("/v1/model", summary="The served model")
     async def model() -> dict[str, Any]:
@@ -438,13 +542,22 @@ def run_server(
     target: FastAPI | str = "textdistill.deploy.serve:create_app_from_env"
     if workers == 1:
         target = create_app(model, settings)
+        problem = target.state.batcher.problem
     else:
-        # Fail here, not once per worker: the folder must exist and suit the backend.
+        # Fail here, not once per worker: the folder must exist, suit the backend and
+        # predict (each worker probes its own copy again).
         check_backend(model, folder_format(read_meta(model)), settings.backend)
+        problem = probe(load(model, backend=settings.backend))
+    if problem is not None:
+        raise UserError(f"cannot serve {model}: {problem}")
+    if workers > 1:
         if settings.threads is None:
             settings = settings.model_copy(update={"threads": worker_threads(workers)})
         os.environ[ENV_MODEL] = str(Path(model).resolve())
         os.environ[ENV_SETTINGS] = settings.model_dump_json()
+        if allow_modified_default():
+            # Worker processes load the folder again; the CLI flag reaches them this way.
+            os.environ[ALLOW_MODIFIED_ENV] = "1"
     if host not in _LOOPBACK:
         log.warning("binding %s: the service is reachable from other machines", host)
     log.info("API docs at http://%s:%d/docs", host, port)

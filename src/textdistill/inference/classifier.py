@@ -5,6 +5,19 @@ uses one (``predict``, ``evaluate``, ``compare``, ``serve``, the efficiency meas
 backend implements ``encode`` (texts -> a batch) and ``forward_batch`` (batch -> logits) and
 ``size_mb``; the base class turns them into ``logits`` and ``predict`` (batching, softmax,
 top-k, empty-text handling), so two backends of the same model differ only by numerics.
+
+What the base class guarantees every backend, whatever the input or the weights:
+
+- A text with no visible character (:func:`textdistill.core.text.has_visible_text`: empty,
+  whitespace, zero-width spaces, byte-order marks, control characters such as NUL) gets
+  ``label=None`` and ``reason`` :data:`EMPTY_REASON` and never reaches the model.
+- Every text is cut to :data:`textdistill.core.text.MAX_TEXT_CHARS` characters before
+  ``encode`` (:func:`~textdistill.core.text.clip_text`, the cap training encodes use too),
+  so one huge text costs no more tokenizer time and memory than a long one. Lone UTF-16
+  surrogates (which a Python string can hold, and the tokenizer refuses) become U+FFFD.
+- No NaN or infinity is ever returned: a model whose outputs are not finite (damaged
+  weights, e.g. a bit flip or a NaN written into them) raises :class:`ModelOutputError`,
+  a :class:`~textdistill.core.errors.UserError` naming the folder.
 Backends: :mod:`~textdistill.inference.torch` (teacher and student folders),
 :mod:`~textdistill.inference.onnx` (ONNX exports), :mod:`~textdistill.inference.ensemble`;
 :func:`textdistill.inference.load.load` is the only place that knows them all.
@@ -12,6 +25,8 @@ Backends: :mod:`~textdistill.inference.torch` (teacher and student folders),
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -22,7 +37,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from textdistill.core.errors import UserError
+from textdistill.core.text import clip_text, has_visible_text
+
+log = logging.getLogger(__name__)
+
 EMPTY_REASON = "empty text"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class ModelOutputError(UserError):
+    """The model produced NaN or infinite outputs: it cannot predict (damaged weights)."""
 
 
 @dataclass
@@ -91,13 +116,15 @@ class Classifier(ABC):
     def logits(self, texts: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Logits (N, C) for texts, in order (empty texts included: they get [CLS][SEP]).
 
-        A single string is one text (N = 1), not a sequence of characters.
+        A single string is one text (N = 1), not a sequence of characters. Texts are clipped
+        as in :meth:`predict`; raises :class:`ModelOutputError` rather than return NaN.
         """
         texts = _as_texts(texts)
-        parts = [
-            self.forward_batch(self.encode(texts[i : i + batch_size])).numpy()
-            for i in range(0, len(texts), batch_size)
-        ]
+        parts = []
+        for i in range(0, len(texts), batch_size):
+            logits = self.forward_batch(self._encode_clipped(texts[i : i + batch_size]))
+            self._probabilities(logits)  # raises on NaN/inf: callers take argmax or softmax
+            parts.append(logits.cpu().numpy())
         if not parts:
             return np.zeros((0, len(self.label_names)), np.float32)
         return np.concatenate(parts)
@@ -105,16 +132,18 @@ class Classifier(ABC):
     def predict(
         self, texts: str | Sequence[str], *, top_k: int = 1, batch_size: int = 64
     ) -> list[Prediction]:
-        """Classify texts; empty or whitespace-only texts get ``label=None`` and a reason.
+        """Classify texts; texts without a visible character get ``label=None`` and a reason.
 
-        A single string is one text (one result), not a sequence of characters.
+        A single string is one text (one result), not a sequence of characters; ``text`` is
+        given back whole, though the model saw at most ``MAX_TEXT_CHARS`` of it.
         ``latency_ms`` is the model's time per text within its batch (tokenization included).
+        Raises :class:`ModelOutputError` when the model's outputs are not finite.
         """
         texts = _as_texts(texts)
         results: list[Prediction | None] = [None] * len(texts)
         valid = []
         for i, t in enumerate(texts):
-            if t and t.strip():
+            if has_visible_text(t):
                 valid.append(i)
             else:
                 results[i] = Prediction(t, None, None, None, reason=EMPTY_REASON)
@@ -122,8 +151,8 @@ class Classifier(ABC):
         for start in range(0, len(valid), batch_size):
             chunk = valid[start : start + batch_size]
             t0 = time.perf_counter()
-            logits = self.forward_batch(self.encode([texts[i] for i in chunk]))
-            probs = torch.softmax(logits, dim=-1)
+            logits = self.forward_batch(self._encode_clipped([texts[i] for i in chunk]))
+            probs = self._probabilities(logits)
             per_text_ms = (time.perf_counter() - t0) * 1000 / len(chunk)
             top_p, top_i = probs.topk(k, dim=-1)
             for row, i in enumerate(chunk):
@@ -141,6 +170,43 @@ class Classifier(ABC):
                     latency_ms=per_text_ms,
                 )
         return [r for r in results if r is not None]
+
+    def _encode_clipped(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        # Clipped here, not in each backend's encode: the tokenizer would otherwise read (and
+        # allocate for) the whole text before its own truncation to max_len tokens.
+        return self.encode([_tokenizable(clip_text(t)) for t in texts])
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax of ``logits`` (B, C); raises :class:`ModelOutputError` unless finite."""
+        probs = torch.softmax(logits, dim=-1)
+        check_finite(probs, self.path)
+        return probs
+
+
+def check_finite(values: torch.Tensor, path: Path) -> None:
+    """Raise :class:`ModelOutputError` unless every row of ``values`` (B, C) is finite.
+
+    Softmax probabilities are what to check: NaN and +inf logits make NaN probabilities, and
+    so does a row of only -inf, while a single -inf logit (probability 0) is a valid output.
+    """
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    rows = finite.reshape(len(finite), -1).all(dim=-1) if finite.ndim else finite.reshape(1)
+    bad, total = int((~rows).sum()), len(rows)
+    log.error("%s: non-finite model outputs for %d of %d texts", path, bad, total)
+    raise ModelOutputError(
+        f"the model in {path} cannot predict: it produced NaN or infinite outputs for {bad} "
+        f"of {total} texts (its weights are damaged or overflow); retrain or re-export it"
+    )
+
+
+def _tokenizable(text: str) -> str:
+    # A lone surrogate (from a surrogateescape'd argument, or Python code) makes the Rust
+    # tokenizer raise; a valid pair written as two code points becomes its character.
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _as_texts(texts: str | Sequence[str]) -> Sequence[str]:

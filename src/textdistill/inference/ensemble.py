@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from textdistill.inference.classifier import Classifier
+from textdistill.inference.classifier import Classifier, check_finite
 from textdistill.models.ensemble import ENSEMBLE_KIND, EnsembleSpec, combine_ensemble
 
 
@@ -61,10 +61,16 @@ class EnsembleClassifier(Classifier):
 
     @torch.inference_mode()
     def forward_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Combined log-probabilities (B, C) of the members' logits."""
+        """Combined log-probabilities (B, C) of the members' logits.
+
+        Raises :class:`~textdistill.inference.classifier.ModelOutputError` naming the member
+        whose outputs are not finite: the combined output would only say the ensemble's.
+        """
         member_logits = []
         for i, member in enumerate(self.members):
             prefix = f"{i}."
             own = {k[len(prefix) :]: v for k, v in batch.items() if k.startswith(prefix)}
-            member_logits.append(member.forward_batch(own).cpu().numpy())
+            logits = member.forward_batch(own).cpu()
+            check_finite(torch.softmax(logits, dim=-1), member.path)
+            member_logits.append(logits.numpy())
         return torch.from_numpy(combine_ensemble(member_logits, self.weights, self.combine))
