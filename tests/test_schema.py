@@ -12,23 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("fastapi")
 
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
+from serving import save_serving_student, serving_tokenizer  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from textdistill.data.tokenization import build_tokenizer  # noqa: E402
 from textdistill.deploy.serve import ServeSettings, create_app  # noqa: E402
 from textdistill.inference.load import load  # noqa: E402
-from textdistill.models.folders import save_student  # noqa: E402
-from textdistill.models.students import build_student  # noqa: E402
 
-CLASSES = ["sports", "finance", "game"]
-CORPUS = ["球队比赛冠军进球联赛", "银行基金利率投资理财", "游戏玩家网游副本公测", "新闻今日消息"]
 # Small limits keep generated bodies small (and fast to classify) while every limit is hit.
 LIMITS = ServeSettings(max_texts=4, max_text_chars=40, max_batch_size=8, max_wait_ms=0)
 SEED = 20240615
@@ -37,7 +32,7 @@ EXAMPLES = 50
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    return build_tokenizer(CORPUS * 2 + [str(i) for i in range(10)], vocab_size=100)
+    return serving_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +40,7 @@ def student_dir(
     tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerFast
 ) -> Path:
     """The same tiny BiLSTM folder as tests/test_serve.py builds."""
-    torch.manual_seed(0)
-    model = build_student("bilstm", "small", len(tokenizer), 3, embed_dim=8, hidden_dim=8)
-    out = tmp_path_factory.mktemp("schema") / "student"
-    save_student(out, model, tokenizer, CLASSES, max_len=16, metrics={"accuracy": 0.5})
-    return out
+    return save_serving_student(tmp_path_factory.mktemp("schema") / "student", tokenizer)
 
 
 OPERATIONS = [

@@ -25,12 +25,12 @@ pytest.importorskip("onnxruntime")
 
 from fastapi.testclient import TestClient  # noqa: E402
 from launch import free_port  # noqa: E402
+from serving import CLASSES, save_serving_student, serving_tokenizer  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from textdistill.cli import app as cli_app  # noqa: E402
 from textdistill.core.errors import UserError  # noqa: E402
-from textdistill.data.tokenization import build_tokenizer  # noqa: E402
 from textdistill.deploy.export import export_model  # noqa: E402
 from textdistill.deploy.serve import (  # noqa: E402
     ENV_MODEL,
@@ -50,25 +50,19 @@ from textdistill.models.folders import (  # noqa: E402
 )
 from textdistill.models.students import build_student  # noqa: E402
 
-CLASSES = ["sports", "finance", "game"]
-CORPUS = ["球队比赛冠军进球联赛", "银行基金利率投资理财", "游戏玩家网游副本公测", "新闻今日消息"]
 TEXTS = [f"{a}{b}{i}" for i in range(5) for a, b in (("球队", "比赛"), ("银行", "基金"))]
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    return build_tokenizer(CORPUS * 2 + [str(i) for i in range(10)], vocab_size=100)
+    return serving_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def student_dir(
     tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerFast
 ) -> Path:
-    torch.manual_seed(0)
-    model = build_student("bilstm", "small", len(tokenizer), 3, embed_dim=8, hidden_dim=8)
-    out = tmp_path_factory.mktemp("serve") / "student"
-    save_student(out, model, tokenizer, CLASSES, max_len=16, metrics={"accuracy": 0.5})
-    return out
+    return save_serving_student(tmp_path_factory.mktemp("serve") / "student", tokenizer)
 
 
 @pytest.fixture(scope="module")
