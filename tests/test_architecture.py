@@ -17,17 +17,20 @@ PACKAGE = "textdistill"
 
 LAYERS: dict[str, set[str]] = {
     "core": set(),
+    "runtime": {"core"},
     "data": {"core"},
     "models": {"core", "data"},
     "training": {"core", "data", "models"},
     "distill": {"core", "data", "models", "training"},
-    "inference": {"core", "data", "models"},
-    "deploy": {"core", "data", "models", "inference"},
-    "evaluation": {"core", "data", "models", "training", "inference"},
-    "pipeline": {"core", "data", "models", "training", "distill", "inference", "evaluation"},
+    "inference": {"core", "runtime", "data", "models"},
+    "deploy": {"core", "runtime", "data", "models", "inference"},
+    "evaluation": {"core", "runtime", "data", "models", "training", "inference"},
+    "pipeline": {
+        "core", "runtime", "data", "models", "training", "distill", "inference", "evaluation",
+    },
     "cli": {
-        "core", "data", "models", "training", "distill", "inference", "deploy", "evaluation",
-        "pipeline",
+        "core", "runtime", "data", "models", "training", "distill", "inference", "deploy",
+        "evaluation", "pipeline",
     },
 }  # fmt: skip
 """Layer -> the other layers its modules may import."""

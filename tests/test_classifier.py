@@ -19,7 +19,7 @@ import textdistill
 from textdistill.cli import app
 from textdistill.core.errors import UserError
 from textdistill.core.text import MAX_TEXT_CHARS
-from textdistill.inference.classifier import (
+from textdistill.runtime.classifier import (
     EMPTY_REASON,
     Classifier,
     ModelOutputError,

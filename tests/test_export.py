@@ -30,9 +30,7 @@ from textdistill.deploy.export import (  # noqa: E402
     export_model,
     probe_batch,
 )
-from textdistill.inference.classifier import Classifier  # noqa: E402
 from textdistill.inference.load import load  # noqa: E402
-from textdistill.inference.onnx import OnnxClassifier  # noqa: E402
 from textdistill.inference.torch import TorchClassifier  # noqa: E402
 from textdistill.models.folders import load_model, read_meta, save_student, save_teacher  # noqa: E402
 from textdistill.models.students import build_student  # noqa: E402
@@ -41,6 +39,8 @@ from textdistill.models.teacher import (  # noqa: E402
     new_scratch_classifier,
     scratch_bert_config,
 )
+from textdistill.runtime.classifier import Classifier  # noqa: E402
+from textdistill.runtime.onnx import OnnxClassifier  # noqa: E402
 
 CLASSES = ["sports", "finance", "game"]
 KEYWORDS = ("球队比赛冠军进球联赛", "银行基金利率投资理财", "游戏玩家网游副本公测")
@@ -155,6 +155,10 @@ def _pad_wider(batch: dict[str, torch.Tensor], extra: int, pad_id: int) -> dict[
 # ---------------------------------------------------------------- fp32 parity
 
 
+def _as_numpy(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy().astype(np.int64) for k, v in batch.items()}
+
+
 @pytest.mark.parametrize("name", ["bilstm", "textcnn", "teacher"])
 def test_onnx_matches_pytorch_on_padded_batches(
     name: str, models: dict[str, Path], exported: dict[str, Path]
@@ -168,8 +172,11 @@ def test_onnx_matches_pytorch_on_padded_batches(
     pad_id = int(torch_clf.tokenizer.pad_token_id)
     # The same rows padded 9 columns further, and the short rows alone padded much less:
     # batch and sequence axes both differ from the traced example.
-    wide = onnx_clf.forward_batch(_pad_wider(batch, 9, pad_id))
-    torch.testing.assert_close(onnx_clf.forward_batch(batch), expected, atol=1e-4, rtol=0)
+    wide = onnx_clf.forward_batch(_as_numpy(_pad_wider(batch, 9, pad_id)))
+    np.testing.assert_array_equal(onnx_clf.encode(MIXED)["input_ids"], batch["input_ids"].numpy())
+    torch.testing.assert_close(
+        onnx_clf.forward_batch(_as_numpy(batch)), expected, atol=1e-4, rtol=0
+    )
     torch.testing.assert_close(wide, expected, atol=1e-4, rtol=0)
     short_rows = [0, 3, 5]
     short = onnx_clf.encode([MIXED[i] for i in short_rows])
@@ -213,7 +220,11 @@ def test_onnx_folder_describes_itself(models: dict[str, Path], exported: dict[st
     clf = load(out)
     assert clf.kind == "onnx" and clf.label_names == CLASSES and clf.max_len == MAX_LEN
     src = load(models["bilstm"])
-    torch.testing.assert_close(clf.encode(MIXED), src.encode(MIXED), atol=0, rtol=0)
+    # The runtime's tokenizer gives the PyTorch folder's ids and mask, as int64 numpy.
+    assert clf.encode(MIXED).keys() == src.encode(MIXED).keys()
+    for key, value in _as_numpy(src.encode(MIXED)).items():
+        np.testing.assert_array_equal(clf.encode(MIXED)[key], value)
+        assert clf.encode(MIXED)[key].dtype == np.int64
 
 
 def test_export_result_reports_sizes_and_source_accuracy(
@@ -353,7 +364,7 @@ def test_onnx_session_follows_torch_threads(exported: dict[str, Path]) -> None:
     assert pinned.session.get_session_options().intra_op_num_threads == 1
     spin = "session.intra_op.allow_spinning"
     assert pinned.session.get_session_options().get_session_config_entry(spin) == "1"
-    pinned.model.spinning = False
+    pinned.spinning = False
     assert pinned.session.get_session_options().get_session_config_entry(spin) == "0"
 
 

@@ -41,7 +41,6 @@ from textdistill.deploy.serve import (  # noqa: E402
     create_app_from_env,
     worker_threads,
 )
-from textdistill.inference.classifier import Classifier  # noqa: E402
 from textdistill.inference.load import load  # noqa: E402
 from textdistill.models.folders import (  # noqa: E402
     read_meta,
@@ -49,6 +48,7 @@ from textdistill.models.folders import (  # noqa: E402
     size_on_disk_mb,
 )
 from textdistill.models.students import build_student  # noqa: E402
+from textdistill.runtime.classifier import Classifier  # noqa: E402
 
 TEXTS = [f"{a}{b}{i}" for i in range(5) for a, b in (("球队", "比赛"), ("银行", "基金"))]
 

@@ -11,18 +11,20 @@ __version__ = "0.1.0"
 __all__ = ["Classifier", "Prediction", "__version__", "load"]
 
 if TYPE_CHECKING:
-    from textdistill.inference.classifier import Classifier, Prediction
     from textdistill.inference.load import load
+    from textdistill.runtime.classifier import Classifier, Prediction
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import textdistill` (and `textdistill --help`) does not import torch.
     if name in ("Classifier", "Prediction"):
-        from textdistill.inference import classifier
+        from textdistill.runtime import classifier
 
         return getattr(classifier, name)
     if name == "load":
-        from textdistill.inference.load import load
-
+        try:
+            from textdistill.inference.load import load
+        except ImportError:  # the runtime distribution (no torch): exported folders only
+            from textdistill.runtime.loader import load  # type: ignore[assignment]
         return load
     raise AttributeError(name)

@@ -37,7 +37,7 @@ def _global_options(
     ),
 ) -> None:
     """Distill a fine-tuned BERT text classifier into a tiny, fast student."""
-    from textdistill.models.folders import set_allow_modified
+    from textdistill.core.folder import set_allow_modified
 
     # Set on every invocation (None: the environment decides), so one command's flag never
     # carries over to the next in the same process.

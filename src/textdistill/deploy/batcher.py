@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from textdistill.inference.classifier import Classifier, ModelOutputError, Prediction
+from textdistill.runtime.classifier import Classifier, ModelOutputError, Prediction
 
 log = logging.getLogger(__name__)
 

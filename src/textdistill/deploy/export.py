@@ -22,7 +22,7 @@ its recommended pre-processing; it covers ``MatMul``/``Gemm``, ``Conv``, ``LSTM`
 **PyTorch int8** (``fmt="torch", quantize="int8"``): a quantized PyTorch model cannot be
 stored without pickle (its packed weights are not plain tensors), so the folder keeps the
 source's fp32 ``model.safetensors`` and files, with ``quantize: "int8"`` in
-``textdistill.json``; :func:`textdistill.inference.classifier.load` applies
+``textdistill.json``; :func:`textdistill.runtime.classifier.load` applies
 ``torch.ao.quantization.quantize_dynamic`` ({``nn.Linear``, ``nn.LSTM``}, qint8) when it
 loads the folder. Its size on disk is therefore the source's; the int8 size (the quantized
 state dict, serialized in memory) is recorded as ``quantized_weights_mb``.
@@ -61,7 +61,6 @@ from textdistill import __version__
 from textdistill.core.errors import UserError
 from textdistill.core.io import write_json
 from textdistill.data.tokenization import pad_token_id
-from textdistill.inference.onnx import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, create_session
 from textdistill.inference.torch import quantize_torch_dynamic
 from textdistill.models.folders import (
     META_FILE,
@@ -73,6 +72,7 @@ from textdistill.models.folders import (
     size_on_disk_mb,
     write_meta,
 )
+from textdistill.runtime.onnx import INPUT_NAMES, ONNX_FILE, OUTPUT_NAME, create_session
 
 log = logging.getLogger(__name__)
 

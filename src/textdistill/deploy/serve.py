@@ -63,7 +63,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -80,6 +79,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textdistill import __version__
 from textdistill.core.errors import UserError
+from textdistill.core.folder import (
+    ALLOW_MODIFIED_ENV,
+    allow_modified_default,
+    folder_format,
+    read_meta,
+)
 from textdistill.deploy.batcher import (
     BatchResult,
     InferenceFailed,
@@ -89,14 +94,7 @@ from textdistill.deploy.batcher import (
     ServiceClosed,
     probe,
 )
-from textdistill.inference.classifier import Classifier
-from textdistill.inference.load import check_backend, load
-from textdistill.models.folders import (
-    ALLOW_MODIFIED_ENV,
-    allow_modified_default,
-    folder_format,
-    read_meta,
-)
+from textdistill.runtime.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +136,7 @@ class ServeSettings(BaseModel):
     max_queue_texts: int = Field(10_000, ge=1)
     """Texts waiting at most; beyond, requests get 503 so that latency stays bounded."""
     threads: int | None = Field(None, ge=1)
-    """Intra-op threads for inference (None: torch's default, or cores / workers)."""
+    """Intra-op threads for inference (None: the backend's default, or cores / workers)."""
 
     @model_validator(mode="after")
     def _queue_fits_a_request(self) -> "ServeSettings":
@@ -230,9 +228,25 @@ def _request_model(settings: ServeSettings, num_labels: int) -> type[BaseModel]:
 # --------------------------------------------------------------------------- errors
 
 
+try:
+    import orjson
+except ImportError:  # the serve extra brings it; without it, the standard library's json
+    orjson = None  # type: ignore[assignment]
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by orjson when installed (several times faster than ``json.dumps`` on
+    a response of many predictions; NaN would become ``null``, though none reaches here)."""
+
+    def render(self, content: Any) -> bytes:
+        if orjson is None:
+            return super().render(content)
+        return orjson.dumps(content)
+
+
 def _error(status: int, code: str, message: str, details: Any = None, **headers: str) -> Any:
     body = {"error": {"code": code, "message": message, "details": details or []}}
-    return JSONResponse(body, status_code=status, headers=headers or None)
+    return FastJSONResponse(body, status_code=status, headers=headers or None)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -394,13 +408,36 @@ def _response(clf: Classifier, result: BatchResult) -> dict[str, Any]:
     }
 
 
+def load_for_serving(model: str | Path, backend: str | None = None) -> Classifier:
+    """The folder's classifier; an ONNX export is opened by the torch-free runtime, so a
+    service of exported models never imports torch or transformers (anything else needs
+    the full package and is opened by :func:`textdistill.inference.load.load`).
+
+    Raises:
+        UserError: the folder cannot be loaded, or not with ``backend``.
+    """
+    meta = read_meta(model)
+    if folder_format(meta) == "onnx" and backend in (None, "onnx"):
+        from textdistill.runtime.loader import load as load_exported
+
+        return load_exported(model)
+    try:
+        from textdistill.inference.load import load
+    except ImportError as err:  # the runtime distribution: no torch
+        raise UserError(
+            f"{model} is not an ONNX export; serving it needs the full textdistill package "
+            f"({err.name} is missing): export it with `textdistill export` and serve the export"
+        ) from None
+    return load(model, backend=backend)
+
+
 def create_app(
     classifier: Classifier | str | Path, settings: ServeSettings | None = None
 ) -> FastAPI:
     """The service for one model: a loaded :class:`Classifier` or a model folder path.
 
-    Given a path, the folder is loaded with ``settings.backend`` and ``settings.threads``
-    sets torch's (and so ONNX Runtime's) intra-op threads for this process. A probe
+    Given a path, the folder is loaded with ``settings.backend`` (:func:`load_for_serving`)
+    and ``settings.threads`` sets its intra-op threads. A probe
     prediction runs here; when it fails the app is still built (``/healthz`` answers 503
     with the reason, ``app.state.batcher.problem`` holds it) and :func:`run_server` refuses
     to serve it.
@@ -409,9 +446,8 @@ def create_app(
     if isinstance(classifier, Classifier):
         clf = classifier
     else:
-        if settings.threads is not None:
-            torch.set_num_threads(settings.threads)
-        clf = load(classifier, backend=settings.backend)
+        clf = load_for_serving(classifier, settings.backend)
+        clf.set_threads(settings.threads)
     batcher = MicroBatcher(
         clf,
         max_batch_size=settings.max_batch_size,
@@ -470,7 +506,7 @@ def _add_routes(
         result = await batcher.classify(data["texts"], data["top_k"])
         # A Response skips re-validating the output through ClassifyResponse (which stays
         # the documented schema): per-request cost matters at thousands of requests/s.
-        return JSONResponse(_response(clf, result))
+        return FastJSONResponse(_response(clf, result))
 
     app.add_api_route(
         CLASSIFY_PATH,
@@ -500,6 +536,41 @@ def _add_routes(
     @app.get("/v1/stats", summary="Requests, texts and batches served")
     async def stats() -> dict[str, Any]:
         return batcher.stats.to_dict()
+
+    _add_page(app)
+
+
+def _add_page(app: FastAPI) -> None:
+    """``GET /``: a page to try the model (``deploy/page.html``, read once), outside the schema.
+
+    Its Content-Security-Policy allows exactly its own inline ``<script>`` and ``<style>``
+    (by sha256) and requests to this server: no other script, style, image or frame.
+    """
+    import base64
+    import hashlib
+    import re
+    from importlib import resources
+
+    from fastapi.responses import HTMLResponse
+
+    html = resources.files("textdistill.deploy").joinpath("page.html").read_text(encoding="utf-8")
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
+        digests = (hashlib.sha256(b.encode()).digest() for b in blocks)
+        return " ".join(f"'sha256-{base64.b64encode(d).decode()}'" for d in digests)
+
+    headers = {
+        "Content-Security-Policy": f"default-src 'none'; script-src {hashes('script')}; "
+        f"style-src {hashes('style')}; connect-src 'self'; img-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(html, headers=headers)
 
 
 def create_app_from_env() -> FastAPI:
@@ -546,8 +617,7 @@ def run_server(
     else:
         # Fail here, not once per worker: the folder must exist, suit the backend and
         # predict (each worker probes its own copy again).
-        check_backend(model, folder_format(read_meta(model)), settings.backend)
-        problem = probe(load(model, backend=settings.backend))
+        problem = probe(load_for_serving(model, settings.backend))
     if problem is not None:
         raise UserError(f"cannot serve {model}: {problem}")
     if workers > 1:

@@ -17,8 +17,8 @@ from textdistill.data.corpus import Split
 from textdistill.evaluation.efficiency import EfficiencyResult, measure_efficiency
 from textdistill.evaluation.metrics import agreement, classification_metrics
 from textdistill.evaluation.report import ModelSummary, build_comparison, write_report
-from textdistill.inference.classifier import Classifier
 from textdistill.inference.load import load
+from textdistill.runtime.classifier import Classifier
 from textdistill.training.history import read_history
 
 log = logging.getLogger(__name__)

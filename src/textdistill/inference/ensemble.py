@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
-from textdistill.inference.classifier import Classifier, check_finite
 from textdistill.models.ensemble import ENSEMBLE_KIND, EnsembleSpec, combine_ensemble
+from textdistill.runtime.classifier import Batch, Classifier, check_finite, softmax
 
 
 class EnsembleClassifier(Classifier):
@@ -48,29 +48,36 @@ class EnsembleClassifier(Classifier):
         for member in self.members:
             member.prepare_for_serving()
 
+    def set_threads(self, threads: int | None) -> None:
+        for member in self.members:
+            member.set_threads(threads)
+
     def size_mb(self) -> float:
         return float(sum(m.size_mb() for m in self.members))
 
-    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def encode(self, texts: Sequence[str]) -> Batch:
         """Each member's ``input_ids``/``attention_mask``, keyed ``"<member>.<name>"``."""
-        out: dict[str, torch.Tensor] = {}
+        out: Batch = {}
         for i, member in enumerate(self.members):
             for key, value in member.encode(texts).items():
                 out[f"{i}.{key}"] = value
         return out
 
-    @torch.inference_mode()
-    def forward_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    @property
+    def device(self) -> str:
+        return self.members[0].device
+
+    def forward_batch(self, batch: Batch) -> np.ndarray:
         """Combined log-probabilities (B, C) of the members' logits.
 
-        Raises :class:`~textdistill.inference.classifier.ModelOutputError` naming the member
+        Raises :class:`~textdistill.runtime.classifier.ModelOutputError` naming the member
         whose outputs are not finite: the combined output would only say the ensemble's.
         """
         member_logits = []
         for i, member in enumerate(self.members):
             prefix = f"{i}."
             own = {k[len(prefix) :]: v for k, v in batch.items() if k.startswith(prefix)}
-            logits = member.forward_batch(own).cpu()
-            check_finite(torch.softmax(logits, dim=-1), member.path)
-            member_logits.append(logits.numpy())
-        return torch.from_numpy(combine_ensemble(member_logits, self.weights, self.combine))
+            logits = member.forward_batch(own)
+            check_finite(softmax(logits), member.path)
+            member_logits.append(logits)
+        return np.asarray(combine_ensemble(member_logits, self.weights, self.combine), np.float32)

@@ -3,25 +3,31 @@
 The only module that knows every backend. A folder's storage format
 (:func:`~textdistill.models.folders.folder_format`) picks its loader from :data:`LOADERS`;
 an ensemble folder loads each member the same way. A new export format is an exporter in
-:mod:`textdistill.deploy.export` plus one entry here.
+:mod:`textdistill.deploy.export` plus one entry here (and, for a torch-free backend, in
+:data:`textdistill.runtime.loader.RUNTIME_LOADERS`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from textdistill.core.errors import UserError
-from textdistill.inference.classifier import Classifier
 from textdistill.inference.ensemble import EnsembleClassifier
-from textdistill.inference.onnx import OnnxClassifier
 from textdistill.inference.torch import TorchClassifier
 from textdistill.models.ensemble import ENSEMBLE_KIND, read_ensemble
 from textdistill.models.folders import folder_format, read_meta
+from textdistill.runtime.classifier import Classifier
+from textdistill.runtime.onnx import OnnxClassifier
 
 LOADERS: dict[str, Callable[[Path], Classifier]] = {
     "torch": TorchClassifier.from_folder,
-    "onnx": OnnxClassifier.from_folder,
+    # The runtime's own class (one prediction path); its threads follow torch's setting, so
+    # evaluate --threads and serve --threads govern both backends alike.
+    "onnx": functools.partial(OnnxClassifier.from_folder, threads_from=torch.get_num_threads),
 }
 """Folder format -> the backend that opens it; also the valid ``backend`` names."""
 

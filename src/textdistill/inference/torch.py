@@ -11,11 +11,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from textdistill.inference.classifier import Classifier
 from textdistill.models.folders import LoadedModel, load_model, size_on_disk_mb
+from textdistill.runtime.classifier import Classifier
 
 
 def quantize_torch_dynamic(model: nn.Module) -> nn.Module:
@@ -74,8 +75,19 @@ class TorchClassifier(Classifier):
         )
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
+    def set_threads(self, threads: int | None) -> None:
+        """``torch.set_num_threads`` (process-wide: PyTorch has one intra-op pool)."""
+        if threads is not None:
+            torch.set_num_threads(threads)
+
+    @property
+    def device(self) -> str:
+        param = next(self.model.parameters(), None)
+        return str(param.device) if param is not None else "cpu"
+
     @torch.inference_mode()
-    def forward_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits (B, C) for an encoded batch; model time only."""
+    def forward_batch(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """Logits (B, C), float32 numpy, for an encoded batch; model time only (a GPU
+        model's logits are copied to the CPU, which waits for the kernels to finish)."""
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return out.logits.float()
+        return out.logits.float().cpu().numpy()

@@ -1,8 +1,10 @@
 """The prediction interface every backend honours: ``load(DIR).predict(["..."])``.
 
-:class:`Classifier` is the one contract between a loaded model folder and everything that
-uses one (``predict``, ``evaluate``, ``compare``, ``serve``, the efficiency measurements): a
-backend implements ``encode`` (texts -> a batch) and ``forward_batch`` (batch -> logits) and
+Torch-free (numpy only), so that the runtime for exported folders and the full package run
+the same prediction code. :class:`Classifier` is the one contract between a loaded model
+folder and everything that uses one (``predict``, ``evaluate``, ``compare``, ``serve``, the
+efficiency measurements): a backend implements ``encode`` (texts -> a batch of its own
+arrays or tensors), ``forward_batch`` (batch -> logits, a float32 numpy array (B, C)) and
 ``size_mb``; the base class turns them into ``logits`` and ``predict`` (batching, softmax,
 top-k, empty-text handling), so two backends of the same model differ only by numerics.
 
@@ -18,9 +20,11 @@ What the base class guarantees every backend, whatever the input or the weights:
 - No NaN or infinity is ever returned: a model whose outputs are not finite (damaged
   weights, e.g. a bit flip or a NaN written into them) raises :class:`ModelOutputError`,
   a :class:`~textdistill.core.errors.UserError` naming the folder.
-Backends: :mod:`~textdistill.inference.torch` (teacher and student folders),
-:mod:`~textdistill.inference.onnx` (ONNX exports), :mod:`~textdistill.inference.ensemble`;
-:func:`textdistill.inference.load.load` is the only place that knows them all.
+
+Backends: :mod:`~textdistill.runtime.onnx` (ONNX exports, torch-free),
+:mod:`~textdistill.inference.torch` (teacher and student folders),
+:mod:`~textdistill.inference.ensemble`; :func:`textdistill.inference.load.load` is the
+only place that knows them all (:func:`textdistill.runtime.load` knows the torch-free ones).
 """
 
 from __future__ import annotations
@@ -30,12 +34,11 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from textdistill.core.errors import UserError
 from textdistill.core.text import clip_text, has_visible_text
@@ -43,6 +46,9 @@ from textdistill.core.text import clip_text, has_visible_text
 log = logging.getLogger(__name__)
 
 EMPTY_REASON = "empty text"
+Batch = dict[str, Any]
+"""An encoded batch: ``input_ids``/``attention_mask`` (B, T) as the backend needs them
+(numpy arrays for ONNX Runtime, tensors for PyTorch)."""
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -63,7 +69,16 @@ class Prediction:
     reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies recursively, a cost per text in a server.
+        return {
+            "text": self.text,
+            "label": self.label,
+            "label_id": self.label_id,
+            "probability": self.probability,
+            "top_k": [dict(entry) for entry in self.top_k],
+            "latency_ms": self.latency_ms,
+            "reason": self.reason,
+        }
 
 
 class Classifier(ABC):
@@ -103,15 +118,24 @@ class Classifier(ABC):
         """The model's size on disk in MB (its weight files)."""
 
     @abstractmethod
-    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def encode(self, texts: Sequence[str]) -> Batch:
         """Tokenize to a batch, e.g. ``input_ids``/``attention_mask`` (B, T)."""
 
     @abstractmethod
-    def forward_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits (B, C) for an encoded batch; model time only."""
+    def forward_batch(self, batch: Batch) -> np.ndarray:
+        """Logits (B, C), float32 on the CPU, for an encoded batch; model time only."""
+
+    @property
+    def device(self) -> str:
+        """Where the model runs (``"cpu"``, ``"cuda:0"``); reports record it."""
+        return "cpu"
 
     def prepare_for_serving(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Adjust runtime settings for a long-running server (default: nothing to do)."""
+
+    def set_threads(self, threads: int | None) -> None:  # noqa: B027 - an optional hook
+        """Use ``threads`` intra-op threads for inference (None: the backend's default);
+        default: nothing to set."""
 
     def logits(self, texts: str | Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Logits (N, C) for texts, in order (empty texts included: they get [CLS][SEP]).
@@ -124,7 +148,7 @@ class Classifier(ABC):
         for i in range(0, len(texts), batch_size):
             logits = self.forward_batch(self._encode_clipped(texts[i : i + batch_size]))
             self._probabilities(logits)  # raises on NaN/inf: callers take argmax or softmax
-            parts.append(logits.cpu().numpy())
+            parts.append(logits)
         if not parts:
             return np.zeros((0, len(self.label_names)), np.float32)
         return np.concatenate(parts)
@@ -154,7 +178,9 @@ class Classifier(ABC):
             logits = self.forward_batch(self._encode_clipped([texts[i] for i in chunk]))
             probs = self._probabilities(logits)
             per_text_ms = (time.perf_counter() - t0) * 1000 / len(chunk)
-            top_p, top_i = probs.topk(k, dim=-1)
+            # Highest first; a stable sort keeps the lower class id first among equals.
+            top_i = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+            top_p = np.take_along_axis(probs, top_i, axis=-1)
             for row, i in enumerate(chunk):
                 ids = top_i[row].tolist()
                 ps = top_p[row].tolist()
@@ -171,28 +197,40 @@ class Classifier(ABC):
                 )
         return [r for r in results if r is not None]
 
-    def _encode_clipped(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _encode_clipped(self, texts: Sequence[str]) -> Batch:
         # Clipped here, not in each backend's encode: the tokenizer would otherwise read (and
         # allocate for) the whole text before its own truncation to max_len tokens.
         return self.encode([_tokenizable(clip_text(t)) for t in texts])
 
-    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Softmax of ``logits`` (B, C); raises :class:`ModelOutputError` unless finite."""
-        probs = torch.softmax(logits, dim=-1)
+        probs = softmax(logits)
         check_finite(probs, self.path)
         return probs
 
 
-def check_finite(values: torch.Tensor, path: Path) -> None:
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``logits`` (B, C) in float32.
+
+    Non-finite inputs give NaN rows (a +inf or NaN logit, a row of only -inf), which
+    :func:`check_finite` reports; a single -inf logit is probability 0.
+    """
+    x = np.asarray(logits, dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = np.exp(x - x.max(axis=-1, keepdims=True))
+        return np.asarray(z / z.sum(axis=-1, keepdims=True), dtype=np.float32)
+
+
+def check_finite(values: np.ndarray, path: Path) -> None:
     """Raise :class:`ModelOutputError` unless every row of ``values`` (B, C) is finite.
 
     Softmax probabilities are what to check: NaN and +inf logits make NaN probabilities, and
     so does a row of only -inf, while a single -inf logit (probability 0) is a valid output.
     """
-    finite = torch.isfinite(values)
+    finite = np.isfinite(np.asarray(values))
     if bool(finite.all()):
         return
-    rows = finite.reshape(len(finite), -1).all(dim=-1) if finite.ndim else finite.reshape(1)
+    rows = finite.reshape(len(finite), -1).all(axis=-1) if finite.ndim else finite.reshape(1)
     bad, total = int((~rows).sum()), len(rows)
     log.error("%s: non-finite model outputs for %d of %d texts", path, bad, total)
     raise ModelOutputError(
