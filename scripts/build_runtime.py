@@ -47,7 +47,13 @@ FILES = (
 """Everything the runtime imports (tests/test_runtime.py checks it imports nothing else)."""
 
 DEPENDENCIES = ("numpy>=1.24", "tokenizers>=0.15", "onnxruntime>=1.18")
-SERVE = ("fastapi>=0.110", "uvicorn>=0.29", "orjson>=3.9")
+SERVE = (
+    "fastapi>=0.110",
+    "uvicorn>=0.29",
+    "orjson>=3.9",
+    "httptools>=0.6",
+    "uvloop>=0.19; sys_platform != 'win32'",
+)
 
 
 def version() -> str:
