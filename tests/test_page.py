@@ -11,9 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +21,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from launch import free_port  # noqa: E402
-from serving import CLASSES, save_serving_student, serving_tokenizer  # noqa: E402
+from serving import CLASSES, running_server, save_serving_student, serving_tokenizer  # noqa: E402
 
 from textdistill.deploy.serve import create_app  # noqa: E402
 from textdistill.inference.load import load  # noqa: E402
@@ -83,31 +79,8 @@ def browser() -> tuple[str, str]:
 @pytest.fixture()
 def server(student_dir: Path, tmp_path: Path) -> Iterator[str]:
     """``textdistill serve`` on a free port, in its own process; yields its base URL."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log_file = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "textdistill", "serve", "--model", str(student_dir)]
-    cmd += ["--port", str(port), "--max-wait-ms", "2", "--threads", "1"]
-    with open(log_file, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        deadline = time.monotonic() + 45
-        while True:
-            assert proc.poll() is None, log_file.read_text(errors="replace")
-            assert time.monotonic() < deadline, "server not ready in 45 s"
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with running_server(student_dir, tmp_path / "server.log") as (base, _):
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def chrome(browser: str, driver: str) -> Any:

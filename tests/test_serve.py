@@ -8,14 +8,12 @@ import math
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,8 +22,12 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("onnxruntime")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from launch import free_port  # noqa: E402
-from serving import CLASSES, save_serving_student, serving_tokenizer  # noqa: E402
+from serving import (  # noqa: E402
+    CLASSES,
+    running_server,
+    save_serving_student,
+    serving_tokenizer,
+)
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -106,7 +108,7 @@ def _count_calls(clf: Classifier, before: Callable[[], None] | None = None) -> l
     calls: list[int] = []
     original = clf.forward_batch
 
-    def counting(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def counting(batch: dict[str, Any]) -> np.ndarray:
         calls.append(int(batch["input_ids"].shape[0]))
         if before is not None:
             before()
@@ -420,8 +422,8 @@ def test_a_model_with_nan_weights_is_reported_never_served_as_nan(nan_student_di
 def test_non_finite_outputs_while_serving_answer_503_and_turn_healthz_503(
     clf: Classifier, value: float
 ) -> None:
-    def broken(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.full((int(batch["input_ids"].shape[0]), 3), value)
+    def broken(batch: dict[str, Any]) -> np.ndarray:
+        return np.full((int(batch["input_ids"].shape[0]), 3), value, np.float32)
 
     with TestClient(create_app(clf), raise_server_exceptions=False) as client:
         assert client.get("/healthz").status_code == 200
@@ -696,23 +698,9 @@ def _chunked_post(port: int, total: int, chunk: int = 64 * 1024) -> tuple[bytes,
 
 @pytest.mark.slow
 def test_real_server_process(onnx_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     log_file = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "textdistill", "serve", "--model", str(onnx_dir)]
-    cmd += ["--port", str(port), "--max-wait-ms", "2", "--threads", "1"]
-    with open(log_file, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    try:
-        deadline = time.monotonic() + 45
-        while True:
-            assert proc.poll() is None, log_file.read_text(errors="replace")
-            assert time.monotonic() < deadline, "server not ready in 45 s"
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with running_server(onnx_dir, log_file) as (base, proc):
+        port = int(base.rsplit(":", 1)[1])
         r = httpx.post(f"{base}/v1/classify", json={"texts": ["球队比赛", ""], "top_k": 2})
         assert r.status_code == 200
         first, empty = r.json()["results"]
@@ -730,7 +718,3 @@ def test_real_server_process(onnx_dir: Path, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
         assert "Application shutdown complete" in log_file.read_text(errors="replace")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
