@@ -11,6 +11,9 @@ Endpoints (OpenAPI docs at ``/docs``):
   worker runs, else 503 ``{"status": "error", "reason": "..."}``.
 - ``GET /v1/model``: name, kind, backend, quantization, labels, sizes, fingerprint, limits.
 - ``GET /v1/stats``: requests, texts and batches served so far.
+- ``GET /``: a page to try the model (``deploy/page.html``: no external assets, a
+  Content-Security-Policy that allows only its own inline script and style, by hash); not
+  part of the OpenAPI schema.
 
 **Errors** are JSON ``{"error": {"code", "message", "details"}}`` with a 4xx status, never a
 500, for anything a client can get wrong: invalid JSON (400), a body that is not JSON
@@ -40,7 +43,10 @@ integral number is accepted as that integer while ``1.5``, ``"2"`` and ``true`` 
 batches of at most ``max_batch_size`` texts, waiting at most ``max_wait_ms``.
 
 **Backends.** A folder is served as what it is: an ONNX export (``textdistill export``) on
-ONNX Runtime, a teacher or student on PyTorch (int8-flagged folders quantized at load).
+the torch-free runtime (:mod:`textdistill.runtime`: no torch or transformers is imported,
+so this module runs in the ``textdistill-runtime`` distribution too), a teacher or student
+on PyTorch (int8-flagged folders quantized at load). Responses are rendered by orjson when
+it is installed (the ``serve`` extra), uvicorn picks uvloop and httptools up the same way.
 ``backend="onnx"`` on a PyTorch folder is refused with the export command to run, rather
 than exporting on the fly: an export takes time and is validated, and a served model should
 be a file one can inspect, evaluate and compare.
