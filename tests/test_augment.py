@@ -3,7 +3,8 @@ import random
 from textdistill.data.tokenization import build_tokenizer
 from textdistill.distill.augment import UNK, augment_text, augment_texts
 
-TITLES = ["中华女子学院：本科层次仅1专业招男生", "皮特爱女客串新片 朱莉复古发型被嘲像后妈(图)"]
+# Invented titles, shaped like news headlines (a digit, full-width punctuation, a space).
+TITLES = ["北方理工学院：今年仅2个专业扩招女生", "某影星客串新片 复古发型引热议(图)"]
 
 
 def test_copies_are_deterministic_and_copy_major() -> None:
