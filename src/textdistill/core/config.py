@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -75,10 +81,15 @@ def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def _weights_ok(weights: Sequence[float] | None) -> None:
+def _weights_ok(weights: list[float] | None) -> list[float] | None:
     """Ensemble weights as the combine rule takes them: non-negative, not all zero."""
     if weights is not None and weights and sum(weights) <= 0:
         raise ValueError("weights must not all be zero")
+    return weights
+
+
+Weights = Annotated[list[Annotated[float, Field(ge=0)]] | None, AfterValidator(_weights_ok)]
+"""Combine-rule weights, checked on the field itself (the error names its key)."""
 
 
 class DataConfig(_Section):
@@ -208,7 +219,7 @@ class DistillConfig(_Section):
     """A distillation mode of :data:`textdistill.distill.losses.MODES` (checked there)."""
     teachers: list[str] = Field(default_factory=list)
     """Teacher folders; more than one means ensemble distillation."""
-    teacher_weights: list[Annotated[float, Field(ge=0)]] | None = None
+    teacher_weights: Weights = None
     """One per teacher, finite and non-negative, not all zero (the combine rule's terms;
     a zero drops a member, as in ensemble folders); the count is checked against the
     teachers once ensemble folders are expanded (``distill``)."""
@@ -231,14 +242,6 @@ class DistillConfig(_Section):
     augment_mask_prob: float = Field(0.1, ge=0, lt=1)
     augment_ngram_prob: float = Field(0.25, ge=0, le=1)
     augment_seed: int = 7
-
-    @model_validator(mode="after")
-    def _weights(self) -> DistillConfig:
-        try:
-            _weights_ok(self.teacher_weights)
-        except ValueError as err:
-            raise _KeyError("teacher_weights", str(err), self.teacher_weights) from None
-        return self
 
 
 class EvalConfig(_Section):
@@ -268,16 +271,8 @@ class PipelineEnsemble(_Section):
     name: str
     members: list[str] = Field(min_length=2)
     """Stage names: ``teacher`` and/or pipeline students."""
-    weights: list[Annotated[float, Field(ge=0)]] | None = None
+    weights: Weights = None
     combine: Literal["logprob", "prob"] = "logprob"
-
-    @model_validator(mode="after")
-    def _weights(self) -> PipelineEnsemble:
-        try:
-            _weights_ok(self.weights)
-        except ValueError as err:
-            raise _KeyError("weights", str(err), self.weights) from None
-        return self
 
 
 def _default_students() -> list[PipelineStudent]:
