@@ -337,3 +337,13 @@ def check_folder(path: Path, meta: dict[str, Any]) -> tuple[list[str], int]:
             "character to [UNK]. Restore the file or save the model again"
         )
     return names, max_len
+
+
+def check_vocab_fits(path: Path, tokens: int, rows: int | None) -> None:
+    """Raise a :class:`UserError` when a tokenizer of ``tokens`` tokens has ids that the
+    model's ``rows`` embedding rows lack (``rows`` None: unknown, nothing to check)."""
+    if rows is not None and tokens > rows:
+        raise UserError(
+            f"{path / TOKENIZER_FILE}: the tokenizer has {tokens} tokens but the model's "
+            f"embeddings have {rows} rows: it is not this model's tokenizer"
+        )

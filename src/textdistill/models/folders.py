@@ -69,6 +69,7 @@ from textdistill.core.folder import (  # noqa: F401 - the folder format, re-expo
     building,
     check_fingerprint,
     check_folder,
+    check_vocab_fits,
     file_hashes,
     folder_fingerprint,
     folder_format,
@@ -357,15 +358,6 @@ def embedding_rows(model: nn.Module) -> int | None:
     return None
 
 
-def check_tokenizer_fits(path: Path, tokenizer: PreTrainedTokenizerBase, rows: int | None) -> None:
-    """Raise a :class:`UserError` when the tokenizer has ids the embeddings lack."""
-    if rows is not None and len(tokenizer) > rows:
-        raise UserError(
-            f"{path / TOKENIZER_FILE}: the tokenizer has {len(tokenizer)} tokens but the model's "
-            f"embeddings have {rows} rows: it is not this model's tokenizer"
-        )
-
-
 def check_fits(
     path: Path,
     model: nn.Module,
@@ -378,7 +370,7 @@ def check_fits(
     Raises:
         UserError: naming the file that does not fit the weights.
     """
-    check_tokenizer_fits(path, tokenizer, embedding_rows(model))
+    check_vocab_fits(path, len(tokenizer), embedding_rows(model))
     classes: int | None = None
     if isinstance(model, StudentModel):
         classes = int(model.config.get("num_labels", len(label_names)))

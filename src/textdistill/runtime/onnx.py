@@ -32,9 +32,9 @@ import numpy as np
 from textdistill.core.errors import UserError
 from textdistill.core.folder import (
     META_FILE,
-    TOKENIZER_FILE,
     check_fingerprint,
     check_folder,
+    check_vocab_fits,
     folder_format,
     read_meta,
     size_on_disk_mb,
@@ -160,11 +160,7 @@ class OnnxClassifier(Classifier):
         meta["fingerprint"] = check_fingerprint(path, meta, allow_modified=allow_modified)
         encoder = FastEncoder.from_folder(path, max_len)
         rows = (meta.get("architecture") or {}).get("vocab_size")
-        if isinstance(rows, int) and encoder.vocab_size > rows:
-            raise UserError(
-                f"{path / TOKENIZER_FILE}: the tokenizer has {encoder.vocab_size} tokens but "
-                f"the model's embeddings have {rows} rows: it is not this model's tokenizer"
-            )
+        check_vocab_fits(path, encoder.vocab_size, rows if isinstance(rows, int) else None)
         return cls(
             path,
             meta,
