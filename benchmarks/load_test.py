@@ -133,8 +133,15 @@ def started_server(args: argparse.Namespace, log_path: Path) -> Iterator[str]:
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     base = f"http://127.0.0.1:{port}"
+    cpus = args.server_cpus
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Pinned before exec, so every thread the server starts stays on these CPUs.
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        )
     try:
         try:
             wait_ready(base, proc, READY_TIMEOUT_S)
@@ -307,6 +314,15 @@ def markdown_row(model: str, backend: str, r: LevelResult) -> str:
     )
 
 
+def _cpu_list(value: str) -> set[int]:
+    try:
+        return {int(c) for c in value.split(",") if c.strip()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a comma-separated list of CPU numbers: {value!r}"
+        ) from None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     target = p.add_mutually_exclusive_group(required=True)
@@ -325,6 +341,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=20, help="Untimed requests per level.")
     p.add_argument("--data", type=Path, help="Texts: a THUCNews-style file or one per line.")
     p.add_argument("--out", type=Path, help="Write the results as JSON here.")
+    p.add_argument(
+        "--server-cpus",
+        type=_cpu_list,
+        help="Pin the started server to these CPUs (e.g. 0), so that it and the client "
+        "do not compete for the same cores.",
+    )
+    p.add_argument("--client-cpus", type=_cpu_list, help="Pin this client to these CPUs.")
     args = p.parse_args(argv)
     try:
         args.levels = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
@@ -340,6 +363,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.client_cpus:
+        os.sched_setaffinity(0, args.client_cpus)
     texts = read_texts(args.data)
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"textdistill-load-{os.getpid()}.log"
     with contextlib.ExitStack() as stack:
@@ -361,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = {
             "model": info,
             "settings": {
-                k: (str(v) if isinstance(v, Path) else v)
+                k: str(v) if isinstance(v, Path) else sorted(v) if isinstance(v, set) else v
                 for k, v in vars(args).items()
                 if k != "levels"
             },

@@ -97,12 +97,18 @@ def efficiency(folder: Path, data: Path, src: Path, n_latency: int) -> dict[str,
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def http(folder: Path, data: Path, src: Path, texts_per_request: int, requests: int) -> Any:
+def http(
+    folder: Path, data: Path, src: Path, texts_per_request: int, requests: int, pin: bool
+) -> Any:
+    # Pinned: the server (event loop + inference thread) on CPU 0, the client on CPU 1, so
+    # the client's own work is not counted against the server.
+    pinning = ["--server-cpus", "0", "--client-cpus", "1"] if pin else []
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run(
             [
                 sys.executable,
                 str(Path(__file__).with_name("load_test.py")),
+                *pinning,
                 "--model",
                 str(folder),
                 "--threads",
@@ -134,7 +140,21 @@ def main() -> None:
     ap.add_argument("--latency-texts", type=int, default=300)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--out", type=Path)
+    ap.add_argument(
+        "--stages",
+        default="cold,efficiency,http",
+        help="Comma-separated subset of cold, efficiency, http.",
+    )
+    ap.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="Let the HTTP server and the load-test client share every CPU "
+        "(default: server on CPU 0, client on CPU 1, when there are 2 or more).",
+    )
     args = ap.parse_args()
+    stages = set(args.stages.split(","))
+    pin = args.pin and (os.cpu_count() or 1) >= 2
     sys.path.insert(0, str(NOW))
     from textdistill.deploy.export import export_model
 
@@ -148,20 +168,25 @@ def main() -> None:
         fp32 = export_model(args.student, Path(tmp) / "onnx", fmt="onnx").out
         int8 = export_model(args.student, Path(tmp) / "int8", fmt="onnx", quantize="int8").out
         models = {"pytorch": args.student, "onnx fp32": fp32, "onnx int8": int8}
-        results["cold_start_s"] = cold_starts(int8, args.before, args.repeats)
-        print(json.dumps(results["cold_start_s"], indent=1), flush=True)
-        results["efficiency"] = {
-            f"{version}: {name}": efficiency(path, args.data, src, args.latency_texts)
-            for name, path in models.items()
-            for version, src in (("before", args.before), ("now", NOW))
-        }
-        for key, e in results["efficiency"].items():
-            print(key, {k: e.get(k) for k in ("model_texts_per_s", "e2e_texts_per_s")}, flush=True)
-        results["http"] = {
-            f"{version}: {n} texts/request": http(int8, args.data, src, n, args.requests)
-            for n in (1, 16)
-            for version, src in (("before", args.before), ("now", NOW))
-        }
+        if "cold" in stages:
+            results["cold_start_s"] = cold_starts(int8, args.before, args.repeats)
+            print(json.dumps(results["cold_start_s"], indent=1), flush=True)
+        if "efficiency" in stages:
+            results["efficiency"] = {
+                f"{version}: {name}": efficiency(path, args.data, src, args.latency_texts)
+                for name, path in models.items()
+                for version, src in (("before", args.before), ("now", NOW))
+            }
+            for key, e in results["efficiency"].items():
+                rates = {k: e.get(k) for k in ("model_texts_per_s", "e2e_texts_per_s")}
+                print(key, rates, flush=True)
+        if "http" in stages:
+            results["http_pinned"] = pin
+            results["http"] = {
+                f"{version}: {n} texts/request": http(int8, args.data, src, n, args.requests, pin)
+                for n in (1, 16)
+                for version, src in (("before", args.before), ("now", NOW))
+            }
     text = json.dumps(results, indent=2, ensure_ascii=False)
     print(text)
     if args.out is not None:
