@@ -53,8 +53,15 @@ BATCH = 8
 STEPS_PER_EPOCH = 4  # ceil(30 / 8)
 
 
+TINY_WIDTHS = {
+    "bilstm": ["--hidden-dim", "16"],
+    "textcnn": ["--num-filters", "8"],
+    "static": ["--buckets", "64", "--ngram-orders", "2,3"],
+}
+
+
 def tiny_args(arch: str = "bilstm") -> list[str]:
-    widths = ["--hidden-dim", "16"] if arch == "bilstm" else ["--num-filters", "8"]
+    widths = TINY_WIDTHS[arch]
     return ["--student", arch, "--embed-dim", "16", *widths, "--batch-size", str(BATCH), "-q"]
 
 
@@ -103,7 +110,7 @@ EXPECTED_TERMS = {
 }
 
 
-@pytest.mark.parametrize("arch", ["bilstm", "textcnn"])
+@pytest.mark.parametrize("arch", ["bilstm", "textcnn", "static"])
 @pytest.mark.parametrize("mode", ["none", "hard", "soft", "hidden"])
 def test_every_mode_and_student_writes_a_loadable_folder(
     tmp_path: Path, tiny_corpus: Path, tiny_teacher: Path, mode: str, arch: str
@@ -118,9 +125,8 @@ def test_every_mode_and_student_writes_a_loadable_folder(
     assert meta["kind"] == "student" and meta["mode"] == mode
     arch_meta = meta["architecture"]
     assert arch_meta["arch"] == arch and arch_meta["embed_dim"] == 16
-    assert arch_meta["hidden_dim" if arch == "bilstm" else "num_filters"] == (
-        16 if arch == "bilstm" else 8
-    )
+    width = {"bilstm": ("hidden_dim", 16), "textcnn": ("num_filters", 8), "static": ("buckets", 64)}
+    assert arch_meta[width[arch][0]] == width[arch][1]
     assert set(meta["dev_metrics"]) == {"loss", "accuracy", "macro_f1"}
     assert meta["transfer_rows"] == TRAIN_ROWS and meta["labelled_rows"] == TRAIN_ROWS
     if mode == "none":

@@ -49,6 +49,7 @@ MAX_LEN = 24
 STUDENTS = {
     "bilstm": ("bilstm", "small", {"embed_dim": 16, "hidden_dim": 16, "layers": 2}),
     "textcnn": ("textcnn", "default", {"embed_dim": 16, "num_filters": 16}),
+    "static": ("static", "small", {"embed_dim": 16, "buckets": 512, "hidden_dim": 16}),
 }
 # Short, long (truncated at MAX_LEN), empty and single-character texts in one batch.
 MIXED = [
@@ -159,7 +160,7 @@ def _as_numpy(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.numpy().astype(np.int64) for k, v in batch.items()}
 
 
-@pytest.mark.parametrize("name", ["bilstm", "textcnn", "teacher"])
+@pytest.mark.parametrize("name", ["bilstm", "textcnn", "static", "teacher"])
 def test_onnx_matches_pytorch_on_padded_batches(
     name: str, models: dict[str, Path], exported: dict[str, Path]
 ) -> None:
@@ -262,7 +263,7 @@ def test_probe_batch_mixes_lengths_with_padding(tokenizer: PreTrainedTokenizerFa
 # ---------------------------------------------------------------- int8
 
 
-@pytest.mark.parametrize("name", ["bilstm", "textcnn"])
+@pytest.mark.parametrize("name", ["bilstm", "textcnn", "static"])
 def test_onnx_int8_is_smaller_and_as_accurate(
     name: str,
     models: dict[str, Path],
@@ -280,7 +281,8 @@ def test_onnx_int8_is_smaller_and_as_accurate(
     assert acc_fp32 == acc_torch
     assert abs(acc_int8 - acc_fp32) <= 0.05
     ops = {n.op_type for n in onnx.load(str(int8 / "model.onnx")).graph.node}
-    assert ops & {"DynamicQuantizeLSTM", "ConvInteger", "MatMulInteger"}
+    # The static student's weights are its embedding tables: quantized Gathers.
+    assert ops & {"DynamicQuantizeLSTM", "ConvInteger", "MatMulInteger", "DequantizeLinear"}
     assert read_meta(int8)["quantize"] == "int8"
     preds = q.predict(["球队比赛", ""])
     assert preds[0].label in CLASSES and preds[1].label is None

@@ -23,8 +23,8 @@ import pytest
 from transformers import AutoTokenizer, BertTokenizerFast  # type: ignore[attr-defined]
 
 from textdistill.core.text import MAX_TEXT_CHARS, clip_text
-from textdistill.data.tokenization import build_tokenizer
-from textdistill.runtime.tokenize import FastEncoder
+from textdistill.data.tokenization import build_char_tokenizer, build_tokenizer
+from textdistill.runtime.tokenize import TABLE_SIZE, FastEncoder
 
 N_TITLES = 3000
 MAX_LENS = (8, 32, 64)
@@ -194,6 +194,60 @@ def test_same_ids_as_hf_on_bert_vocab_folder(
     )
     assert FastEncoder.from_folder(folder, max_len).pad_id == 3
     assert_same_as_hf(folder, titles, max_len, side)
+
+
+# ------------------------------------------------------------ character tokenizers
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["lowercase", "cased"])
+def char_folder(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, titles: list[str]
+) -> Path:
+    """The static student's character tokenizer, trained on half the titles."""
+    folder = tmp_path_factory.mktemp("char-tokenizer")
+    tok = build_char_tokenizer(titles[: N_TITLES // 2], lowercase=request.param)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("max_len", MAX_LENS)
+def test_same_ids_as_hf_on_char_tokenizer(
+    char_folder: Path, titles: list[str], tmp_path: Path, max_len: int, side: str
+) -> None:
+    folder = (
+        char_folder if side == "right" else with_truncation_side(char_folder, side, tmp_path / "t")
+    )
+    fast = FastEncoder.from_folder(folder, max_len)
+    assert fast.chars is not None  # the numpy path is the one under test
+    # Most batches take it (the others hold "[PAD]"-like text or a rare code point).
+    taken = [
+        fast.chars.encode(titles[i : i + 64], max_len, fast.pad_id, side) is not None
+        for i in range(0, len(titles), 64)
+    ]
+    assert sum(taken) > 0.5 * len(taken)
+    assert_same_as_hf(folder, titles, max_len, side)
+
+
+def test_char_table_agrees_with_rust_on_every_code_point(char_folder: Path) -> None:
+    points = [c for c in range(TABLE_SIZE) if not 0xD800 <= c <= 0xDFFF]
+    random.Random(3).shuffle(points)
+    # 20 code points per text, whitespace and all, so every one meets the table once.
+    texts = ["".join(map(chr, points[i : i + 20])) for i in range(0, len(points), 20)]
+    texts += ["ΑΣ ΟΔΟΣ", "İstanbul", "[PAD]x[MASK]", "\U000e0001tag", "\U00030000"]
+    hf = AutoTokenizer.from_pretrained(char_folder)
+    fast = FastEncoder.from_folder(char_folder, 16)
+    for start in range(0, len(texts), 256):
+        batch = texts[start : start + 256]
+        ids, mask = fast.encode(batch)
+        want_ids, want_mask = hf_encode(hf, batch, 16)
+        np.testing.assert_array_equal(ids, want_ids, err_msg=f"batch at {start}")
+        np.testing.assert_array_equal(mask, want_mask, err_msg=f"batch at {start}")
+
+
+def test_only_character_tokenizers_get_the_table(corpus_folder: Path, bert_folder: Path) -> None:
+    assert FastEncoder.from_folder(corpus_folder, 8).chars is None
+    assert FastEncoder.from_folder(bert_folder, 8).chars is None
 
 
 def test_shapes_mask_and_edge_rows(corpus_folder: Path) -> None:

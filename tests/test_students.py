@@ -18,9 +18,11 @@ from textdistill.core.errors import UserError
 from textdistill.models.output import ClassifierOutput
 from textdistill.models.students import (
     BILSTM_PRESETS,
+    STATIC_PRESETS,
     STUDENTS,
     TEXTCNN_PRESETS,
     BiLSTMStudent,
+    StaticStudent,
     StudentArch,
     StudentModel,
     StudentSpecError,
@@ -43,13 +45,29 @@ TINY = {
         "default",
         {"embed_dim": 8, "num_filters": 5, "filter_sizes": [1, 5]},
     ),
+    "static": ("static", "small", {"embed_dim": 8, "buckets": 97}),
+    "static-zipf-hidden": (
+        "static",
+        "small",
+        {
+            "embed_dim": 8,
+            "buckets": 31,
+            "ngram_orders": [2, 3, 4],
+            "hidden_dim": 5,
+            "weighting": "zipf",
+        },
+    ),
 }
 
 
 def _tiny(name: str, seed: int = 0) -> nn.Module:
     arch, preset, overrides = TINY[name]
     torch.manual_seed(seed)
-    return build_student(arch, preset, VOCAB, LABELS, pad_id=PAD, **overrides).eval()
+    model = build_student(arch, preset, VOCAB, LABELS, pad_id=PAD, **overrides).eval()
+    if isinstance(model, StaticStudent):
+        # Its n-gram rows start at zero, which would hide any n-gram bug from these tests.
+        nn.init.normal_(model.ngrams.weight)
+    return model
 
 
 def _pad(rows: list[list[int]], width: int, filler: int = PAD) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +164,14 @@ def test_textcnn_windows_start_on_real_tokens() -> None:
 
 @pytest.mark.parametrize(
     ("name", "hidden_size"),
-    [("bilstm-1", 12), ("bilstm-3", 12), ("textcnn", 15), ("textcnn-wide", 10)],
+    [
+        ("bilstm-1", 12),
+        ("bilstm-3", 12),
+        ("textcnn", 15),
+        ("textcnn-wide", 10),
+        ("static", 8),
+        ("static-zipf-hidden", 5),
+    ],
 )
 def test_output_shapes(name: str, hidden_size: int) -> None:
     model = _tiny(name)
@@ -227,8 +252,9 @@ def test_rebuild_from_config_errors() -> None:
 def test_students_registry() -> None:
     assert STUDENTS["bilstm"] == StudentArch(BiLSTMStudent, BILSTM_PRESETS, "small")
     assert STUDENTS["textcnn"] == StudentArch(TextCNNStudent, TEXTCNN_PRESETS, "default")
+    assert STUDENTS["static"] == StudentArch(StaticStudent, STATIC_PRESETS, "small", "chars")
     assert student_options("textcnn") == ["embed_dim", "num_filters", "filter_sizes", "dropout"]
-    with pytest.raises(StudentSpecError, match="valid: bilstm, textcnn"):
+    with pytest.raises(StudentSpecError, match="valid: bilstm, textcnn, static"):
         student_arch("gru")
 
 
@@ -365,7 +391,30 @@ def test_init_embeddings_wider_student_keeps_random_tail() -> None:
     assert float(weight[:, :5].std()) == pytest.approx(0.5, rel=0.05)
 
 
+def test_init_embeddings_through_a_vocabulary_map() -> None:
+    teacher = torch.randn(30, 12, generator=torch.Generator().manual_seed(3))
+    student = _tiny("static")  # VOCAB 50 tokens of its own
+    before = student.embedding.weight.detach().clone()
+    rows = [-1] * VOCAB
+    rows[7], rows[9], rows[PAD] = 1, 29, 5
+    init_embeddings_from_teacher(student, teacher, std=1.0, rows=rows)
+    weight = student.embedding.weight.detach()
+    # Mapped tokens carry their teacher row's scores: the same scores as a shared-vocabulary
+    # student of the teacher's size gets for those rows (after the common rescaling).
+    twin = build_student("static", "small", 30, LABELS, embed_dim=8, buckets=7)
+    init_embeddings_from_teacher(twin, teacher, std=1.0)
+    torch.testing.assert_close(weight[7], twin.embedding.weight[1].detach())
+    torch.testing.assert_close(weight[9], twin.embedding.weight[29].detach())
+    unmapped = [i for i in range(VOCAB) if rows[i] == -1]
+    torch.testing.assert_close(weight[unmapped], before[unmapped])
+    assert torch.equal(weight[PAD], torch.zeros(8))  # the pad row stays zero, mapped or not
+
+
 def test_init_embeddings_errors() -> None:
+    with pytest.raises(ValueError, match=r"one teacher id \(or -1\) for each of the 50"):
+        init_embeddings_from_teacher(_tiny("static"), torch.randn(30, 12), rows=[0] * 49)
+    with pytest.raises(ValueError, match=r"below the teacher's 30"):
+        init_embeddings_from_teacher(_tiny("static"), torch.randn(30, 12), rows=[30] * VOCAB)
     with pytest.raises(ValueError, match=r"share a tokenizer"):
         init_embeddings_from_teacher(_tiny("textcnn"), torch.randn(VOCAB + 1, 12))
     with pytest.raises(ValueError, match=r"no `embedding`"):
@@ -385,7 +434,7 @@ class _LogitsOnly(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::UserWarning")
-@pytest.mark.parametrize("name", ["bilstm-3", "textcnn-wide"])
+@pytest.mark.parametrize("name", ["bilstm-3", "textcnn-wide", "static", "static-zipf-hidden"])
 def test_onnx_export_parity(name: str, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")

@@ -17,6 +17,7 @@ from textdistill.core.text import MAX_TEXT_CHARS
 from textdistill.data import tokenization
 from textdistill.data.tokenization import (
     Encoded,
+    build_char_tokenizer,
     build_tokenizer,
     encode,
     encode_cache_path,
@@ -443,3 +444,43 @@ def test_a_damaged_entry_is_re_encoded_with_a_warning(
     # The entry was rewritten and is trusted again.
     encode_cached(tok, CORPUS, 16, cache_dir=tmp_path)
     assert len(counting_encode) == 2
+
+
+# --------------------------------------------------------------------------- characters
+
+
+def test_char_tokenizer_vocabulary_is_specials_then_characters_by_frequency():
+    tok = build_char_tokenizer(["北北北京京人", "京 北 A a"], lowercase=True)
+    vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
+    # 北 x4, 京 x3, a x2 (A lowercased), 人 x1; whitespace is no token.
+    assert vocab == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "北", "京", "a", "人"]
+    assert tok.pad_token_id == 0 and tok.unk_token_id == 1 and tok.mask_token_id == 4
+
+
+def test_char_tokenizer_min_frequency_and_size_cap():
+    texts = ["北北北京京人"]
+    assert len(build_char_tokenizer(texts, min_frequency=2)) == 5 + 2  # 北, 京
+    assert len(build_char_tokenizer(texts, vocab_size=6)) == 6  # only 北 fits
+    with pytest.raises(ValueError, match="special tokens"):
+        build_char_tokenizer(texts, vocab_size=5)
+    with pytest.raises(UserError, match="empty corpus"):
+        build_char_tokenizer([])
+
+
+def test_char_tokenizer_encodes_one_id_per_character_without_specials(tmp_path):
+    tok = build_char_tokenizer(CORPUS)
+    enc = encode(tok, ["中华 女子\t学院", "", "   ", "CAFÉ", "☃"], 6)
+    vocab = tok.get_vocab()
+    assert enc.row(0).tolist() == [vocab[c] for c in "中华女子学院"]
+    assert enc.lengths.tolist() == [6, 0, 0, 4, 1]
+    assert enc.row(3).tolist() == [vocab[c] for c in "café"]  # lowercased, accent kept
+    assert enc.row(4).tolist() == [tok.unk_token_id]
+    tok.save_pretrained(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert tokenizer_fingerprint(again) == tokenizer_fingerprint(tok)
+    assert np.array_equal(encode(again, CORPUS, 12).ids, encode(tok, CORPUS, 12).ids)
+
+
+def test_char_tokenizer_is_deterministic():
+    a, b = build_char_tokenizer(CORPUS), build_char_tokenizer(list(reversed(CORPUS)))
+    assert a.get_vocab() == b.get_vocab()

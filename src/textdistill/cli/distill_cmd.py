@@ -26,6 +26,7 @@ from textdistill.cli.common import (
     train_overrides,
     user_errors,
 )
+from textdistill.core.errors import UserError
 
 
 @user_errors
@@ -43,7 +44,7 @@ def distill(
     mode: str | None = typer.Option(
         None, "--mode", "-m", help="none (no teacher), hard, soft or hidden."
     ),
-    student: str | None = typer.Option(None, "--student", help="bilstm or textcnn."),
+    student: str | None = typer.Option(None, "--student", help="bilstm, textcnn or static."),
     preset: str | None = typer.Option(None, "--preset", help="Student size preset."),
     temperature: float | None = typer.Option(None, "--temperature", "-T", help="Softmax T."),
     temperature_end: float | None = typer.Option(
@@ -82,6 +83,19 @@ def distill(
     num_filters: int | None = typer.Option(
         None, "--num-filters", min=1, help="TextCNN filters per width (overrides the preset)."
     ),
+    buckets: int | None = typer.Option(
+        None, "--buckets", min=1, help="Static student: rows of its hashed n-gram table."
+    ),
+    ngram_orders: str | None = typer.Option(
+        None,
+        "--ngram-orders",
+        help="Static student: n-gram orders besides single tokens, e.g. 2,3 (none: tokens only).",
+    ),
+    student_tokenizer: str | None = typer.Option(
+        None,
+        "--student-tokenizer",
+        help="auto (the architecture's), shared (the teacher's) or chars (one per character).",
+    ),
     epochs: int | None = EpochsOpt,
     batch_size: int | None = BatchOpt,
     lr: float | None = LrOpt,
@@ -93,7 +107,7 @@ def distill(
     config: Path | None = ConfigOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Distill a teacher into a small student (BiLSTM or TextCNN).
+    """Distill a teacher into a small student (BiLSTM, TextCNN or static embeddings).
 
     Without --max-len the student reads as many tokens as its teacher did.
     """
@@ -130,6 +144,9 @@ def distill(
             "student.options.embed_dim": embed_dim,
             "student.options.hidden_dim": hidden_dim,
             "student.options.num_filters": num_filters,
+            "student.options.buckets": buckets,
+            "student.options.ngram_orders": _orders(ngram_orders),
+            "student.tokenizer": student_tokenizer,
             "tokenizer.max_len": max_len,
             **train_overrides(
                 "student.train",
@@ -150,3 +167,15 @@ def distill(
         f"{m['size_mb']:.2f} MB, dev accuracy {dev.get('accuracy', float('nan')):.4f}, "
         f"macro-F1 {dev.get('macro_f1', float('nan')):.4f}"
     )
+
+
+def _orders(value: str | None) -> list[int] | None:
+    """``"2,3"`` -> ``[2, 3]``; ``"none"`` or ``""`` -> ``[]``; None stays unset."""
+    if value is None:
+        return None
+    if value.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise UserError(f"--ngram-orders: comma-separated integers, got {value!r}") from None

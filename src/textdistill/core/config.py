@@ -192,14 +192,19 @@ class TeacherConfig(_Section):
 
 class StudentConfig(_Section):
     arch: str = "bilstm"
-    """A key of :data:`textdistill.models.students.STUDENTS` (bilstm, textcnn)."""
+    """A key of :data:`textdistill.models.students.STUDENTS` (bilstm, textcnn, static)."""
     preset: str = "small"
-    """bilstm: small or seed; textcnn: default."""
+    """bilstm: small or seed; textcnn: default; static: small or large."""
+    tokenizer: Literal["auto", "shared", "chars"] = "auto"
+    """``shared``: the teacher's tokenizer (WordPiece built from the corpus without one);
+    ``chars``: one token per character, built from the corpus; ``auto``: the architecture's
+    choice (``chars`` for static, ``shared`` for the others)."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Architecture settings over the preset's, e.g. ``{embed_dim: 64, hidden_dim: 128}``;
     the valid keys are the architecture's constructor arguments (checked when it is built:
     ``bilstm``: embed_dim, hidden_dim, layers, dropout; ``textcnn``: embed_dim, num_filters,
-    filter_sizes, dropout)."""
+    filter_sizes, dropout; ``static``: embed_dim, buckets, ngram_orders, hidden_dim,
+    weighting, dropout)."""
     init_embeddings: Literal["random", "teacher"] = "random"
     """``teacher``: initialise from the teacher's word embeddings projected by PCA."""
     train: TrainConfig = Field(default_factory=_student_train)

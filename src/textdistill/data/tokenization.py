@@ -26,12 +26,21 @@ import json
 import logging
 import os
 import zipfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
 from tokenizers.trainers import WordPieceTrainer
 from transformers import (  # type: ignore[attr-defined]
     AutoTokenizer,
@@ -161,6 +170,76 @@ def _bert_backend(lowercase: bool, vocab: dict[str, int] | None = None) -> Token
     )
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix=CONTINUING_PREFIX)
+    return backend
+
+
+CHAR_SPLIT = r"."
+"""The character tokenizer's pattern, after whitespace is split off: every character alone."""
+
+
+def build_char_tokenizer(
+    texts: Iterable[str],
+    *,
+    vocab_size: int = 21128,
+    min_frequency: int = 1,
+    lowercase: bool = True,
+    model_max_length: int = 512,
+) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer built from ``texts``: one token per character.
+
+    The static student's own featurisation (its n-grams are hashed from these ids): Chinese
+    text needs no segmentation, Latin words become their letters, whose bigrams and
+    trigrams the student hashes. Whitespace separates and is dropped; there are no
+    ``[CLS]``/``[SEP]`` around a text (nothing uses them), so an empty text has no tokens.
+    The vocabulary is the special tokens, then the characters seen at least
+    ``min_frequency`` times, most frequent first (ties by code point) - the order the
+    static student's ``zipf`` weighting reads as frequency ranks - cut at ``vocab_size``;
+    other characters are ``[UNK]``. ``lowercase`` lowercases first, as the WordPiece
+    tokenizer does (no accent stripping: a character is kept as it is).
+    """
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens")
+    if min_frequency < 1:
+        raise ValueError("min_frequency must be at least 1")
+    backend = _char_backend(lowercase, {t: i for i, t in enumerate(SPECIAL_TOKENS)})
+    normalizer, split = backend.normalizer, backend.pre_tokenizer
+    assert split is not None
+    counts: Counter[str] = Counter()
+    n_texts = 0
+    for text in texts:
+        n_texts += 1
+        norm = normalizer.normalize_str(str(text)) if normalizer is not None else str(text)
+        counts.update(piece for piece, _ in split.pre_tokenize_str(norm))
+    if not n_texts:
+        raise UserError("cannot build a tokenizer from an empty corpus; check the training data")
+    chars = sorted(
+        (c for c, n in counts.items() if n >= min_frequency and c not in SPECIAL_TOKENS),
+        key=lambda c: (-counts[c], c),
+    )[: vocab_size - len(SPECIAL_TOKENS)]
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *chars])}
+    backend = _char_backend(lowercase, vocab)
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token=UNK,
+        sep_token=SEP,
+        pad_token=PAD,
+        cls_token=CLS,
+        mask_token=MASK,
+        model_max_length=model_max_length,
+    )
+    log.debug("built a character tokenizer: %d tokens from %d texts", len(tok), n_texts)
+    return tok
+
+
+def _char_backend(lowercase: bool, vocab: dict[str, int]) -> Tokenizer:
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    if lowercase:
+        backend.normalizer = normalizers.Lowercase()
+    # Whitespace (Unicode White_Space) separates and is dropped; what is left, one by one.
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(CHAR_SPLIT), "isolated")]
+    )
     return backend
 
 

@@ -36,6 +36,7 @@ from textdistill.data.batching import TextDataset, make_collate
 from textdistill.data.corpus import Corpus, read_texts
 from textdistill.data.splits import TrainingData, prepare_training_data
 from textdistill.data.tokenization import (
+    build_char_tokenizer,
     build_tokenizer,
     encode_cached,
     load_tokenizer,
@@ -59,6 +60,7 @@ from textdistill.models.students import (
     build_student,
     init_embeddings_from_teacher,
     student_arch,
+    student_tokenizer_kind,
 )
 from textdistill.models.teacher import TeacherModel
 from textdistill.training.checkpoint import data_identity
@@ -120,15 +122,24 @@ def transfer_set(cfg: Config, data: TrainingData) -> TransferSet:
 def _student_tokenizer(
     cfg: Config, teachers: list[str], data: TrainingData
 ) -> PreTrainedTokenizerBase:
+    corpus = data.train.texts + data.unlabeled_texts
+    t = cfg.tokenizer
+    if student_tokenizer_kind(cfg.student.arch, cfg.student.tokenizer) == "chars":
+        # The student's own featurisation: the soft targets are per text, so nothing ties
+        # its ids to the teacher's. Built from the same texts with or without a teacher,
+        # so the `none` twin reads exactly the ids its distilled twins read.
+        return build_char_tokenizer(
+            corpus, vocab_size=t.vocab_size, min_frequency=t.min_frequency, lowercase=t.lowercase
+        )
     # Students share the (first) teacher's tokenizer, so one encoding serves both and the
     # `none` twin sees exactly the same input ids as the distilled students.
     if (model := _first_model_teacher(teachers)) is not None:
         return load_tokenizer(model)
     return build_tokenizer(
-        data.train.texts + data.unlabeled_texts,
-        vocab_size=cfg.tokenizer.vocab_size,
-        min_frequency=cfg.tokenizer.min_frequency,
-        lowercase=cfg.tokenizer.lowercase,
+        corpus,
+        vocab_size=t.vocab_size,
+        min_frequency=t.min_frequency,
+        lowercase=t.lowercase,
     )
 
 
@@ -314,7 +325,7 @@ def distill(
     with _seeded(s.train.seed):
         student = _new_student(cfg, tokenizer, num_labels)
     if s.init_embeddings == "teacher":
-        _init_from_teacher(student, teachers)
+        _init_from_teacher(student, teachers, tokenizer)
     transfer = transfer_set(cfg, data)
     spec = distill_mode(cfg)
     if not spec.uses_unlabeled and d.extra:
@@ -428,10 +439,19 @@ def distill(
     return StudentResult(path=out, meta=meta)
 
 
-def _init_from_teacher(student: StudentModel, teachers: list[str]) -> None:
+def _init_from_teacher(
+    student: StudentModel, teachers: list[str], tokenizer: PreTrainedTokenizerBase
+) -> None:
     if not teachers:
         raise UserError("student.init_embeddings=teacher needs a teacher (--teacher DIR)")
     loaded = load_model(teachers[0])
     if not isinstance(loaded.model, TeacherModel):
         raise UserError(f"{teachers[0]}: embedding initialisation needs a BERT teacher folder")
-    init_embeddings_from_teacher(student, loaded.model.word_embeddings())
+    rows = None
+    if tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(loaded.tokenizer):
+        # Another vocabulary (the static student's characters): each student token takes
+        # the row of the same string in the teacher's vocabulary, where there is one.
+        theirs = loaded.tokenizer.get_vocab()
+        ours = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        rows = [theirs.get(str(token), -1) for token in ours]
+    init_embeddings_from_teacher(student, loaded.model.word_embeddings(), rows=rows)

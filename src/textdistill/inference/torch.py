@@ -17,6 +17,7 @@ from torch import nn
 
 from textdistill.models.folders import LoadedModel, load_model, size_on_disk_mb
 from textdistill.runtime.classifier import Classifier
+from textdistill.runtime.tokenize import FastEncoder
 
 
 def quantize_torch_dynamic(model: nn.Module) -> nn.Module:
@@ -34,6 +35,19 @@ def quantize_torch_dynamic(model: nn.Module) -> nn.Module:
     return quantized.eval()
 
 
+def _fast_encoder(loaded: LoadedModel) -> FastEncoder | None:
+    tok = loaded.tokenizer
+    if tok.pad_token_id is None:
+        return None
+    return FastEncoder.from_json(
+        tok.backend_tokenizer.to_str(),
+        loaded.max_len,
+        pad_id=int(tok.pad_token_id),
+        truncation_side=str(getattr(tok, "truncation_side", "right") or "right"),
+        split_special_tokens=bool(getattr(tok, "split_special_tokens", False)),
+    )
+
+
 class TorchClassifier(Classifier):
     """A folder's model, tokenizer and labels (:class:`LoadedModel`) run by PyTorch."""
 
@@ -49,6 +63,9 @@ class TorchClassifier(Classifier):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
+        self.encoder = _fast_encoder(loaded)
+        """The runtime's encoder (the same ids as ``tokenizer``, several times faster);
+        None for a tokenizer without a pad token, which ``tokenizer`` itself then refuses."""
 
     @classmethod
     def from_folder(cls, path: str | Path) -> TorchClassifier:
@@ -66,6 +83,9 @@ class TorchClassifier(Classifier):
 
     def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenize to ``input_ids``/``attention_mask`` (B, T), padded to the longest row."""
+        if self.encoder is not None:
+            ids, mask = self.encoder.encode(list(texts))
+            return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
         enc = self.tokenizer(
             list(texts),
             truncation=True,

@@ -28,6 +28,17 @@ on every call); ``RAYON_NUM_THREADS`` sizes that pool once, when it is first use
 Every text is first cut to :data:`textdistill.core.text.MAX_TEXT_CHARS` characters
 (:func:`~textdistill.core.text.clip_text`), as training encodes and ``predict`` do.
 
+**Character tokenizers** (the static student's, ``build_char_tokenizer``: optional
+lowercasing, whitespace dropped, every other character one ``WordLevel`` token, no special
+tokens around a text) skip the Rust call altogether: :class:`CharTable` maps each code point
+straight to its id in one numpy lookup over the whole batch. The table is *derived from the
+Rust tokenizer itself* at load (its normaliser lowercases, and its pre-tokenizer splits, one
+string holding every code point of the table's range), not from Python's own Unicode rules,
+so the two agree by construction; a batch holding anything the table cannot answer for (a
+code point past its range, a surrogate, a character whose lowercase is two, the first
+character of an added token such as ``[PAD]``) goes to the Rust tokenizer as before.
+``tests/test_fast_tokenize.py`` checks the ids are identical on the same generated titles.
+
 This module is part of the torch-free runtime: it imports only the standard library, numpy,
 ``tokenizers`` and :mod:`textdistill.core.text`.
 """
@@ -43,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Encoding, Tokenizer, pre_tokenizers
 
 from textdistill.core.text import clip_text
 
@@ -105,6 +116,8 @@ class FastEncoder:
         self._encode_batch: Callable[..., list[Encoding]] = getattr(
             tokenizer, "encode_batch_fast", tokenizer.encode_batch
         )
+        self.chars = CharTable.for_tokenizer(tokenizer)
+        """The character fast path, for a character tokenizer; None for any other."""
         log.debug(
             "fast encoder: %d tokens, max_len %d, pad id %d, truncation %s",
             self.vocab_size,
@@ -150,19 +163,24 @@ class FastEncoder:
 
     @classmethod
     def from_json(
-        cls, tokenizer_json: str, max_len: int, *, pad_id: int, truncation_side: str = "right"
+        cls,
+        tokenizer_json: str,
+        max_len: int,
+        *,
+        pad_id: int,
+        truncation_side: str = "right",
+        split_special_tokens: bool = False,
     ) -> FastEncoder:
         """The encoder of a serialized ``tokenizers.Tokenizer`` (the text of ``tokenizer.json``).
 
         Any truncation or padding stored in the JSON is replaced: truncation to ``max_len``
         on ``truncation_side``, padding to the longest row with ``pad_id``.
+        ``split_special_tokens`` as in ``transformers`` (special tokens written in a text
+        are tokenized as text).
         """
-        return cls(
-            Tokenizer.from_str(tokenizer_json),
-            max_len,
-            pad_id=pad_id,
-            truncation_side=truncation_side,
-        )
+        tokenizer = Tokenizer.from_str(tokenizer_json)
+        tokenizer.encode_special_tokens = split_special_tokens
+        return cls(tokenizer, max_len, pad_id=pad_id, truncation_side=truncation_side)
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, attention_mask)``, both ``np.int64`` of shape (B, T).
@@ -178,6 +196,10 @@ class FastEncoder:
         if not clipped:
             empty = np.zeros((0, 0), dtype=np.int64)
             return empty, empty.copy()
+        if self.chars is not None:
+            fast = self.chars.encode(clipped, self.max_len, self.pad_id, self.truncation_side)
+            if fast is not None:
+                return fast
         rows: list[list[int]] = list(
             map(_ids, self._encode_batch(clipped, add_special_tokens=True))
         )
@@ -197,6 +219,135 @@ class FastEncoder:
             f"FastEncoder(vocab_size={self.vocab_size}, max_len={self.max_len}, "
             f"pad_id={self.pad_id}, truncation_side={self.truncation_side!r})"
         )
+
+
+# --------------------------------------------------------------------------- characters
+
+_CHAR_PRE_TOKENIZER = {
+    "type": "Sequence",
+    "pretokenizers": [
+        {"type": "WhitespaceSplit"},
+        {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": False},
+    ],
+}
+_DROP, _ASK_RUST = -1, -2
+TABLE_SIZE = 0x30000
+"""Code points the table covers: the BMP and the two planes after it (every CJK block,
+emoji). Rarer ones send their batch to the Rust tokenizer."""
+
+
+class CharTable:
+    """Code point -> token id for a character tokenizer, or -1 (whitespace, dropped) or -2
+    (ask the Rust tokenizer). Build with :meth:`for_tokenizer`."""
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = table
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Tokenizer) -> CharTable | None:
+        """The table of ``tokenizer`` if it is a character tokenizer, else None."""
+        state = json.loads(tokenizer.to_str())
+        model = state.get("model") or {}
+        if model.get("type") != "WordLevel" or state.get("pre_tokenizer") != _CHAR_PRE_TOKENIZER:
+            return None
+        if state.get("normalizer") not in (None, {"type": "Lowercase"}):
+            return None
+        if _special_tokens_added(tokenizer):
+            return None
+        vocab: dict[str, int] = tokenizer.get_vocab(with_added_tokens=False)
+        unk = vocab.get(str(model.get("unk_token")))
+        if unk is None:
+            return None
+        points = np.arange(TABLE_SIZE, dtype=np.uint32)
+        plain = (points < 0xD800) | (points > 0xDFFF)  # surrogates cannot reach Rust
+        chars = points[plain].astype("<u4").tobytes().decode("utf-32-le")
+        lowered, single = _normalize_each(tokenizer.normalizer, chars)  # (N,) code points
+        # The pre-tokenizer's first step drops whitespace; the second isolates every other
+        # character ("." matches all but a newline, itself whitespace).
+        kept = np.ones(len(chars), dtype=bool)
+        kept[np.searchsorted(points[plain], _rust_whitespace())] = False
+        id_of = np.full(TABLE_SIZE, unk, dtype=np.int64)
+        for token, i in vocab.items():
+            if len(token) == 1 and ord(token) < TABLE_SIZE:
+                id_of[ord(token)] = i
+        ids = id_of[np.minimum(lowered, TABLE_SIZE - 1)]
+        ids[lowered >= TABLE_SIZE] = unk  # lowercase past the table: not in it, so unknown
+        values = np.where(kept, ids, _DROP)
+        values[~single] = _ASK_RUST
+        table = np.full(TABLE_SIZE, _ASK_RUST, dtype=np.int64)
+        table[plain] = values
+        for added in tokenizer.get_added_tokens_decoder().values():
+            if added.content:  # an added token starts here: the Rust side matches it
+                table[ord(added.content[0])] = _ASK_RUST
+        return cls(table)
+
+    def encode(
+        self, texts: list[str], max_len: int, pad_id: int, side: str
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Ids and mask as :meth:`FastEncoder.encode` gives them; None: ask Rust."""
+        try:
+            joined = "".join(texts).encode("utf-32-le")
+        except UnicodeEncodeError:  # a lone surrogate: Rust refuses it, as it should
+            return None
+        points = np.frombuffer(joined, dtype="<u4")
+        if points.size and int(points.max()) >= TABLE_SIZE:
+            return None
+        values = self.table[points]  # (chars,)
+        if values.size and int(values.min()) == _ASK_RUST:
+            return None
+        n = len(texts)
+        chars = np.fromiter(map(len, texts), dtype=np.int64, count=n)
+        row = np.repeat(np.arange(n), chars)
+        keep = values >= 0
+        ids, row = values[keep], row[keep]
+        counts = np.bincount(row, minlength=n)  # tokens per text, before truncation
+        pos = np.arange(ids.size) - (np.cumsum(counts) - counts)[row]
+        if side == "left":  # keep the last max_len tokens
+            pos = pos - np.maximum(counts - max_len, 0)[row]
+        sel = (pos >= 0) & (pos < max_len)
+        lengths = np.minimum(counts, max_len)
+        width = int(lengths.max()) if n else 0
+        out = np.full((n, width), pad_id, dtype=np.int64)
+        out[row[sel], pos[sel]] = ids[sel]
+        mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+        return out, mask
+
+
+_WHITESPACE_CANDIDATES = (*range(0x100), 0x1680, 0x180E, *range(0x2000, 0x2070), 0x3000, 0xFEFF)
+"""Where Unicode's White_Space characters live (Latin-1, Ogham, Mongolian, General
+Punctuation, the ideographic space, the BOM): the ones asked of the Rust pre-tokenizer."""
+
+
+def _rust_whitespace() -> np.ndarray:
+    """The candidates Rust's ``WhitespaceSplit`` drops: each sits between two ``a`` in one
+    probe string, so a dropped one is the gap between two pieces."""
+    probe = "".join("a" + chr(c) for c in _WHITESPACE_CANDIDATES) + "a"
+    covered = np.zeros(len(probe), dtype=bool)
+    for _piece, (start, end) in pre_tokenizers.WhitespaceSplit().pre_tokenize_str(probe):
+        covered[start:end] = True
+    dropped = ~covered[1::2][: len(_WHITESPACE_CANDIDATES)]
+    return np.asarray(_WHITESPACE_CANDIDATES, dtype=np.uint32)[dropped]
+
+
+def _normalize_each(normalizer: Any, chars: str, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Each character of ``chars`` through ``normalizer`` (the Rust one): its code point
+    after, and whether it stayed one character. Chunks whose length changes (a character
+    lowercasing to two) are redone one character at a time."""
+    out = np.frombuffer(chars.encode("utf-32-le"), dtype="<u4").astype(np.int64)
+    single = np.ones(len(chars), dtype=bool)
+    if normalizer is None:
+        return out, single
+    for start in range(0, len(chars), chunk):
+        piece = chars[start : start + chunk]
+        done = normalizer.normalize_str(piece)
+        if len(done) == len(piece):
+            out[start : start + len(piece)] = np.frombuffer(done.encode("utf-32-le"), "<u4")
+            continue
+        for i, c in enumerate(piece, start):
+            each = normalizer.normalize_str(c)
+            single[i] = len(each) == 1
+            out[i] = ord(each[0]) if each else 0
+    return out, single
 
 
 def _special_tokens_added(tokenizer: Tokenizer) -> int:

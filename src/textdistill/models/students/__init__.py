@@ -15,13 +15,17 @@ from typing import Any
 from textdistill.models.students.base import StudentModel, StudentSpecError
 from textdistill.models.students.bilstm import BILSTM_PRESETS, BiLSTMStudent
 from textdistill.models.students.embeddings import init_embeddings_from_teacher
+from textdistill.models.students.static import STATIC_PRESETS, StaticStudent
 from textdistill.models.students.textcnn import TEXTCNN_PRESETS, TextCNNStudent
 
 __all__ = [
     "BILSTM_PRESETS",
+    "STATIC_PRESETS",
     "STUDENTS",
+    "STUDENT_TOKENIZERS",
     "TEXTCNN_PRESETS",
     "BiLSTMStudent",
+    "StaticStudent",
     "StudentArch",
     "StudentModel",
     "StudentSpecError",
@@ -31,6 +35,7 @@ __all__ = [
     "init_embeddings_from_teacher",
     "student_arch",
     "student_options",
+    "student_tokenizer_kind",
 ]
 
 
@@ -40,18 +45,41 @@ class StudentArch:
 
     The options a user may set are the class's constructor arguments other than
     ``vocab_size``, ``num_labels`` and ``pad_id``, which come from the tokenizer and data.
+    ``tokenizer``: the one it reads by default (``student.tokenizer: auto``), a key of
+    :data:`STUDENT_TOKENIZERS`.
     """
 
     cls: type[StudentModel]
     presets: dict[str, dict[str, Any]]
     default_preset: str
+    tokenizer: str = "shared"
 
 
 STUDENTS: dict[str, StudentArch] = {
     "bilstm": StudentArch(BiLSTMStudent, BILSTM_PRESETS, "small"),
     "textcnn": StudentArch(TextCNNStudent, TEXTCNN_PRESETS, "default"),
+    "static": StudentArch(StaticStudent, STATIC_PRESETS, "small", tokenizer="chars"),
 }
 """Architecture name -> its class and presets (``student.arch``)."""
+
+STUDENT_TOKENIZERS = {
+    "shared": "the (first) teacher's tokenizer, else a WordPiece one built from the corpus",
+    "chars": "one token per character, built from the corpus (no teacher needed)",
+}
+"""What ``student.tokenizer`` may name (``auto``: the architecture's own choice)."""
+
+
+def student_tokenizer_kind(arch: str, configured: str = "auto") -> str:
+    """The tokenizer kind a student of ``arch`` reads when the config says ``configured``."""
+    if configured == "auto":
+        return student_arch(arch).tokenizer
+    if configured not in STUDENT_TOKENIZERS:
+        raise StudentSpecError(
+            f"unknown student tokenizer '{configured}'; "
+            f"valid: auto, {', '.join(STUDENT_TOKENIZERS)}"
+        )
+    return configured
+
 
 _FIXED_ARGS = ("vocab_size", "num_labels", "pad_id")
 

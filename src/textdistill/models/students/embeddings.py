@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,10 @@ def _principal_scores(matrix: Tensor, k: int) -> Tensor:
 
 
 def init_embeddings_from_teacher(
-    student: nn.Module, teacher_embeddings: Tensor, std: float | None = None
+    student: nn.Module,
+    teacher_embeddings: Tensor,
+    std: float | None = None,
+    rows: Sequence[int] | None = None,
 ) -> None:
     """Initialise ``student.embedding`` with a PCA projection of the teacher's embeddings.
 
@@ -37,15 +41,32 @@ def init_embeddings_from_teacher(
     the structure PCA preserves - are kept. If ``embed_dim > Ht`` only ``Ht`` axes exist and
     the remaining columns keep their random initialisation. The padding row is zeroed.
 
+    ``rows`` maps a student vocabulary of its own onto the teacher's: student token i takes
+    teacher row ``rows[i]`` (its PCA scores over the teacher's whole vocabulary), and a
+    token with ``-1`` (no such teacher token) keeps its random initialisation. Without
+    ``rows`` the two share one tokenizer and row i is token i in both.
+
     Raises:
-        ValueError: the student has no ``embedding`` or the vocabulary sizes differ (the
-            student and teacher must share one tokenizer).
+        ValueError: the student has no ``embedding``, the vocabulary sizes differ without
+            ``rows``, or ``rows`` has the wrong length or an id outside the teacher's.
     """
     embedding = getattr(student, "embedding", None)
     if not isinstance(embedding, nn.Embedding):
         raise ValueError("the student has no `embedding` (nn.Embedding) to initialise")
     vocab, dim = embedding.weight.shape
-    if teacher_embeddings.ndim != 2 or teacher_embeddings.shape[0] != vocab:
+    if teacher_embeddings.ndim != 2:
+        raise ValueError(
+            f"teacher embeddings must be (V, H), got {tuple(teacher_embeddings.shape)}"
+        )
+    if rows is not None:
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        too_big = index.numel() > 0 and int(index.max()) >= teacher_embeddings.shape[0]
+        if index.shape != (vocab,) or too_big or bool((index < -1).any()):
+            raise ValueError(
+                f"rows must give one teacher id (or -1) for each of the {vocab} student tokens, "
+                f"below the teacher's {teacher_embeddings.shape[0]}"
+            )
+    elif teacher_embeddings.shape[0] != vocab:
         raise ValueError(
             f"teacher embeddings have shape {tuple(teacher_embeddings.shape)} but the student "
             f"vocabulary has {vocab} tokens; the teacher and student must share a tokenizer"
@@ -61,9 +82,19 @@ def init_embeddings_from_teacher(
         )
     weight = embedding.weight
     target_std = float(weight.detach().std()) if std is None else std
-    scores = _principal_scores(teacher_embeddings, k)  # (V, k)
+    scores = _principal_scores(teacher_embeddings, k)  # (Vt, k)
     scores = scores * (target_std / scores.std().clamp(min=1e-12))
     with torch.no_grad():
-        weight[:, :k] = scores.to(dtype=weight.dtype, device=weight.device)
+        if rows is None:
+            weight[:, :k] = scores.to(dtype=weight.dtype, device=weight.device)
+        else:
+            found = index >= 0  # (V,)
+            picked = scores[index[found]].to(dtype=weight.dtype, device=weight.device)
+            weight[found.nonzero().squeeze(1), :k] = picked
+            logger.info(
+                "initialised %d of %d student tokens from the teacher's embeddings",
+                int(found.sum()),
+                vocab,
+            )
         if embedding.padding_idx is not None:
             weight[embedding.padding_idx] = 0.0
