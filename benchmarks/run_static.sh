@@ -24,7 +24,7 @@ teacher=${3:?scenario A teacher folder}
 bilstm_none=${4:?scenario A bilstm-none folder}
 config=benchmarks/thucnews.yaml
 # Static settings, chosen on the selection holdout (docs/BENCHMARKS.md, issue 17).
-static_args=(--student static --lr "${STATIC_LR:-0.01}")
+static_args=(--student static --lr 0.01 --ngram-orders 2)
 
 step() { # step OUT CMD...: run CMD unless OUT/textdistill.json exists
   local dest=$1

@@ -558,3 +558,63 @@ def test_resume_refuses_changed_labels_or_settings_and_says_what_changed(
     monkeypatch.setattr(distill_mod, "distillation_loss", spy)
     ok(run_distill(corpus, out, *args, "--resume", teacher=tiny_teacher))
     assert len(spy.calls) == 2 * STEPS_PER_EPOCH - 6  # resumed, not restarted
+
+
+# --------------------------------------------------------------------- transformer student
+
+
+@pytest.mark.parametrize("mode", ["none", "soft", "hidden", "layers"])
+def test_transformer_student_from_the_teacher_in_every_mode(
+    tmp_path: Path, tiny_corpus: Path, tiny_teacher: Path, mode: str
+) -> None:
+    out = tmp_path / "student"
+    args = ["--mode", mode, "--student", "transformer", "--layers", "1", "--epochs", "1"]
+    ok(run_distill(tiny_corpus, out, *args, "--batch-size", str(BATCH), "-q", teacher=tiny_teacher))
+    meta = read_meta(out)
+    arch = meta["architecture"]
+    teacher_cfg = json.loads((tiny_teacher / "config.json").read_text(encoding="utf-8"))
+    assert arch["arch"] == "transformer" and arch["layers"] == 1
+    assert arch["teacher_layers"] == [teacher_cfg["num_hidden_layers"] - 1]
+    assert arch["hidden"] == teacher_cfg["hidden_size"]
+    steps = [e for e in history(out) if "eval" not in e]
+    assert ("layers" in steps[0]) == (mode == "layers")
+    assert all(np.isfinite(e["loss"]) for e in steps)
+    clf = load(out)
+    assert clf.tokenizer.get_vocab() == load_model(tiny_teacher).tokenizer.get_vocab()
+    assert all(p.label in clf.label_names for p in clf.predict(["球队比赛冠军", ""]) if p.label)
+
+
+def test_transformer_student_starts_from_the_teacher(
+    tmp_path: Path, tiny_corpus: Path, tiny_teacher: Path
+) -> None:
+    """With all of the teacher's layers and steps too small to change them (lr 1e-12), the
+    student predicts what the teacher does: it starts as the teacher."""
+    out = tmp_path / "student"
+    teacher_layers = json.loads((tiny_teacher / "config.json").read_text())["num_hidden_layers"]
+    args = ["--mode", "none", "--student", "transformer", "--layers", str(teacher_layers)]
+    ok(
+        run_distill(
+            tiny_corpus, out, *args, "--epochs", "1", "--lr", "1e-12", "-q", teacher=tiny_teacher
+        )
+    )
+    texts = ["球队比赛冠军", "银行基金利率", "游戏玩家"]
+    np.testing.assert_allclose(load(out).logits(texts), load(tiny_teacher).logits(texts), atol=1e-5)
+
+
+def test_mode_layers_needs_a_transformer_student(
+    tmp_path: Path, tiny_corpus: Path, tiny_teacher: Path
+) -> None:
+    result = run_distill(
+        tiny_corpus, tmp_path / "s", "--mode", "layers", *tiny_args(), teacher=tiny_teacher
+    )
+    assert result.exit_code == 2
+    assert "use --student transformer with a BERT teacher" in result.output
+
+
+def test_transformer_student_refuses_more_layers_than_the_teacher(
+    tmp_path: Path, tiny_corpus: Path, tiny_teacher: Path
+) -> None:
+    args = ["--student", "transformer", "--layers", "9", "-q"]
+    result = run_distill(tiny_corpus, tmp_path / "s", "--mode", "soft", *args, teacher=tiny_teacher)
+    assert result.exit_code == 2
+    assert "not 9" in result.output

@@ -50,6 +50,11 @@ STUDENTS = {
     "bilstm": ("bilstm", "small", {"embed_dim": 16, "hidden_dim": 16, "layers": 2}),
     "textcnn": ("textcnn", "default", {"embed_dim": 16, "num_filters": 16}),
     "static": ("static", "small", {"embed_dim": 16, "buckets": 512, "hidden_dim": 16}),
+    "transformer": (
+        "transformer",
+        "small",
+        {"layers": 2, "hidden": 16, "heads": 2, "intermediate": 32, "max_positions": 64},
+    ),
 }
 # Short, long (truncated at MAX_LEN), empty and single-character texts in one batch.
 MIXED = [
@@ -160,7 +165,7 @@ def _as_numpy(batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.numpy().astype(np.int64) for k, v in batch.items()}
 
 
-@pytest.mark.parametrize("name", ["bilstm", "textcnn", "static", "teacher"])
+@pytest.mark.parametrize("name", ["bilstm", "textcnn", "static", "transformer", "teacher"])
 def test_onnx_matches_pytorch_on_padded_batches(
     name: str, models: dict[str, Path], exported: dict[str, Path]
 ) -> None:
@@ -288,14 +293,18 @@ def test_onnx_int8_is_smaller_and_as_accurate(
     assert preds[0].label in CLASSES and preds[1].label is None
 
 
-def test_teacher_int8_loads_and_predicts(exported: dict[str, Path]) -> None:
-    fp32, int8 = exported["teacher"], exported["teacher-int8"]
+@pytest.mark.parametrize(("name", "kind"), [("teacher", "teacher"), ("transformer", "student")])
+def test_bert_int8_loads_and_predicts(name: str, kind: str, exported: dict[str, Path]) -> None:
+    fp32, int8 = exported[name], exported[f"{name}-int8"]
     assert (int8 / "model.onnx").stat().st_size < (fp32 / "model.onnx").stat().st_size
     a, b = load(fp32), load(int8)
     la, lb = a.logits(MIXED), b.logits(MIXED)
     assert lb.shape == (len(MIXED), 3)
-    np.testing.assert_allclose(lb, la, atol=0.05)
-    assert read_meta(int8)["kind"] == "teacher"
+    if name == "teacher":  # untrained: small logits, small quantization error
+        np.testing.assert_allclose(lb, la, atol=0.05)
+    else:  # trained, 16 wide: int8 moves its large logits by more, not its answers
+        assert (lb.argmax(-1) == la.argmax(-1)).all()
+    assert read_meta(int8)["kind"] == kind
 
 
 def test_teacher_torch_int8_quantizes_its_linear_layers(

@@ -46,6 +46,11 @@ TINY = {
         {"embed_dim": 8, "num_filters": 5, "filter_sizes": [1, 5]},
     ),
     "static": ("static", "small", {"embed_dim": 8, "buckets": 97}),
+    "transformer": (
+        "transformer",
+        "small",
+        {"layers": 2, "hidden": 8, "heads": 2, "intermediate": 16, "max_positions": 64},
+    ),
     "static-zipf-hidden": (
         "static",
         "small",
@@ -171,6 +176,7 @@ def test_textcnn_windows_start_on_real_tokens() -> None:
         ("textcnn-wide", 10),
         ("static", 8),
         ("static-zipf-hidden", 5),
+        ("transformer", 8),
     ],
 )
 def test_output_shapes(name: str, hidden_size: int) -> None:
@@ -321,7 +327,7 @@ def test_a_new_student_is_one_class_and_one_registry_entry(
 # ---------------------------------------------------------------- training behaviour
 
 
-@pytest.mark.parametrize("name", ["bilstm-3", "textcnn"])
+@pytest.mark.parametrize("name", ["bilstm-3", "textcnn", "static", "transformer"])
 def test_gradients_reach_every_parameter(name: str) -> None:
     model = _tiny(name).train()
     ids, mask = _pad(_texts([6, 3, 4]), 8)
@@ -434,7 +440,9 @@ class _LogitsOnly(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::UserWarning")
-@pytest.mark.parametrize("name", ["bilstm-3", "textcnn-wide", "static", "static-zipf-hidden"])
+@pytest.mark.parametrize(
+    "name", ["bilstm-3", "textcnn-wide", "static", "static-zipf-hidden", "transformer"]
+)
 def test_onnx_export_parity(name: str, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")

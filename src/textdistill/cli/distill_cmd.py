@@ -42,9 +42,11 @@ def distill(
     data: Path | None = DataOpt,
     labels: Path | None = LabelsOpt,
     mode: str | None = typer.Option(
-        None, "--mode", "-m", help="none (no teacher), hard, soft or hidden."
+        None, "--mode", "-m", help="none (no teacher), hard, soft, hidden or layers."
     ),
-    student: str | None = typer.Option(None, "--student", help="bilstm, textcnn or static."),
+    student: str | None = typer.Option(
+        None, "--student", help="bilstm, textcnn, static or transformer."
+    ),
     preset: str | None = typer.Option(None, "--preset", help="Student size preset."),
     temperature: float | None = typer.Option(None, "--temperature", "-T", help="Softmax T."),
     temperature_end: float | None = typer.Option(
@@ -91,6 +93,12 @@ def distill(
         "--ngram-orders",
         help="Static student: n-gram orders besides single tokens, e.g. 2,3 (none: tokens only).",
     ),
+    layers: int | None = typer.Option(
+        None,
+        "--layers",
+        min=1,
+        help="Transformer student: how many of the teacher's layers it keeps (evenly spaced).",
+    ),
     student_tokenizer: str | None = typer.Option(
         None,
         "--student-tokenizer",
@@ -107,7 +115,8 @@ def distill(
     config: Path | None = ConfigOpt,
     verbose: bool = VerboseOpt,
 ) -> None:
-    """Distill a teacher into a small student (BiLSTM, TextCNN or static embeddings).
+    """Distill a teacher into a small student (BiLSTM, TextCNN, static embeddings, or a
+    transformer built from K of a BERT teacher's layers).
 
     Without --max-len the student reads as many tokens as its teacher did.
     """
@@ -145,6 +154,7 @@ def distill(
             "student.options.hidden_dim": hidden_dim,
             "student.options.num_filters": num_filters,
             "student.options.buckets": buckets,
+            "student.options.layers": layers,
             "student.options.ngram_orders": _orders(ngram_orders),
             "student.tokenizer": student_tokenizer,
             "tokenizer.max_len": max_len,

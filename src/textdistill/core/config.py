@@ -192,9 +192,10 @@ class TeacherConfig(_Section):
 
 class StudentConfig(_Section):
     arch: str = "bilstm"
-    """A key of :data:`textdistill.models.students.STUDENTS` (bilstm, textcnn, static)."""
+    """A key of :data:`textdistill.models.students.STUDENTS` (bilstm, textcnn, static,
+    transformer)."""
     preset: str = "small"
-    """bilstm: small or seed; textcnn: default; static: small or large."""
+    """bilstm: small or seed; textcnn: default; static: small or large; transformer: small."""
     tokenizer: Literal["auto", "shared", "chars"] = "auto"
     """``shared``: the teacher's tokenizer (WordPiece built from the corpus without one);
     ``chars``: one token per character, built from the corpus; ``auto``: the architecture's
@@ -204,7 +205,8 @@ class StudentConfig(_Section):
     the valid keys are the architecture's constructor arguments (checked when it is built:
     ``bilstm``: embed_dim, hidden_dim, layers, dropout; ``textcnn``: embed_dim, num_filters,
     filter_sizes, dropout; ``static``: embed_dim, buckets, ngram_orders, hidden_dim,
-    weighting, dropout)."""
+    weighting, dropout; ``transformer``: layers, teacher_layers, dropout - its widths are the
+    BERT teacher's when it has one - or, without a teacher, hidden, heads, intermediate)."""
     init_embeddings: Literal["random", "teacher"] = "random"
     """``teacher``: initialise from the teacher's word embeddings projected by PCA."""
     train: TrainConfig = Field(default_factory=_student_train)

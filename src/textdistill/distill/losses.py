@@ -16,6 +16,9 @@ needs from the pipeline):
            still uses every row).
 ``hidden`` ``soft + beta * hidden_mse(h_s, h_t, W)`` (or ``hidden_cosine``); the projection
            ``W`` (:func:`make_projection`) is trained together with the student.
+``layers`` ``soft + beta * layer_mse(S, T, mask)``: a transformer student's hidden states
+           (embeddings and each layer) against the teacher's at the layers it was built
+           from (TinyBERT), the teacher run live (its states are not cached).
 =========  ===============================================================================
 
 Teacher tensors are treated as constants: :func:`distillation_loss` detaches them, so no
@@ -24,7 +27,7 @@ gradient ever reaches an online teacher.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +48,7 @@ __all__ = [
     "hidden_cosine",
     "hidden_mse",
     "kd_kl",
+    "layer_mse",
     "make_projection",
     "mode_spec",
     "temperature_at",
@@ -136,6 +140,35 @@ def hidden_cosine(h_s: Tensor, h_t: Tensor, proj: nn.Module) -> Tensor:
     """
     cos = F.cosine_similarity(_project(h_s, h_t, proj), h_t.float(), dim=-1)  # (B,)
     return (1.0 - cos).mean()
+
+
+def layer_mse(states_s: Sequence[Tensor], states_t: Tensor, mask: Tensor) -> Tensor:
+    """Layer-wise hidden-state MSE over real tokens (TinyBERT's hidden and embedding loss).
+
+    ``(1/L) * sum_l [ sum_{b,t} m[b,t] * ||S_l[b,t] - T_l[b,t]||^2 / (H * sum_{b,t} m[b,t]) ]``
+    with ``S_l`` the student's l-th state, ``T_l`` the teacher state it is matched to and
+    ``m`` the attention mask: the mean squared error per element, padding left out, averaged
+    over the L matched states.
+
+    Args:
+        states_s: L student states, (B, T, H) each (embedding output first).
+        states_t: the matched teacher states, (L, B, T, H).
+        mask: attention mask, (B, T); 1 for real tokens.
+    """
+    if len(states_s) != states_t.shape[0]:
+        raise ValueError(
+            f"{len(states_s)} student states but {states_t.shape[0]} teacher states to match"
+        )
+    s = torch.stack([h.float() for h in states_s])  # (L, B, T, H)
+    if s.shape != states_t.shape:
+        raise ValueError(
+            f"student states {tuple(s.shape)} and teacher states {tuple(states_t.shape)} "
+            "differ; the student must have the teacher's width"
+        )
+    m = mask.to(s.dtype)[None, :, :, None]  # (1, B, T, 1)
+    per_layer = (((s - states_t.float()) ** 2) * m).sum(dim=(1, 2, 3))  # (L,)
+    count = m.sum() * s.shape[-1]
+    return (per_layer / count.clamp(min=1)).mean()
 
 
 _HIDDEN_FNS = {"mse": hidden_mse, "cosine": hidden_cosine}
@@ -231,7 +264,9 @@ class ModeSpec:
     ``needs_teacher``: ``batch["teacher_logits"]`` (a soft-target cache); ``needs_pooled``:
     ``batch["teacher_hidden"]`` too (the cache keeps the teacher's pooled vectors);
     ``needs_projection``: a projection ``W`` from the student's sentence vector to the
-    teacher's, trained with the student (:func:`make_projection`); ``uses_unlabeled``: the
+    teacher's, trained with the student (:func:`make_projection`); ``needs_layers``:
+    ``batch["teacher_layers"]`` (L, B, T, H), the teacher's states at the student's matched
+    layers, computed live each batch, and the student's ``hidden_states``; ``uses_unlabeled``: the
     transfer set holds unlabeled and augmented texts (the teacher labels them).
     """
 
@@ -240,6 +275,7 @@ class ModeSpec:
     needs_teacher: bool = True
     needs_pooled: bool = False
     needs_projection: bool = False
+    needs_layers: bool = False
 
     @property
     def uses_unlabeled(self) -> bool:
@@ -282,6 +318,23 @@ def _loss_hidden(
     return _combine(weighted)
 
 
+def _loss_layers(
+    out: ClassifierOutput, batch: Mapping[str, Tensor], o: LossOptions, proj: nn.Module | None
+) -> LossOutput:
+    weighted = _soft_terms(out, batch, o, "layers")
+    states_t = batch.get("teacher_layers")
+    if states_t is None or out.hidden_states is None:
+        raise ValueError(
+            "distillation mode 'layers' needs the student's hidden_states (a transformer "
+            "student) and batch['teacher_layers'] (the teacher run live)"
+        )
+    weighted["layers"] = (
+        o.beta,
+        layer_mse(out.hidden_states, states_t.detach(), batch["attention_mask"]),
+    )
+    return _combine(weighted)
+
+
 MODES: dict[str, ModeSpec] = {
     "none": ModeSpec("cross-entropy on gold labels (no teacher)", _loss_none, needs_teacher=False),
     "hard": ModeSpec("cross-entropy on the teacher's argmax labels", _loss_hard),
@@ -291,6 +344,11 @@ MODES: dict[str, ModeSpec] = {
         _loss_hidden,
         needs_pooled=True,
         needs_projection=True,
+    ),
+    "layers": ModeSpec(
+        "soft + beta * layer-wise hidden-state MSE to the teacher (transformer students)",
+        _loss_layers,
+        needs_layers=True,
     ),
 }
 """Distillation modes (``distill.mode``). A new mode is one entry: its loss and its needs."""

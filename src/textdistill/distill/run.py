@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textdistill.core import distributed
 from textdistill.core.config import Config
@@ -281,16 +281,72 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def _new_student(cfg: Config, tokenizer: PreTrainedTokenizerBase, num_labels: int) -> StudentModel:
+def _new_student(
+    cfg: Config, tokenizer: PreTrainedTokenizerBase, num_labels: int, teachers: list[str]
+) -> StudentModel:
     s = cfg.student
-    return build_student(
+    arch = student_arch(s.arch)
+    options = dict(s.options)
+    teacher_hf = None
+    if arch.options_from_teacher is not None and (first := _first_model_teacher(teachers)):
+        # A student built from its teacher (the transformer): the teacher's widths and
+        # layers, whatever the mode - the `none` twin starts from the same weights.
+        teacher_hf = _teacher_network(first)
+        try:
+            options = arch.options_from_teacher(teacher_hf.config, options)
+        except ValueError as err:
+            raise UserError(f"{first}: {err}") from None
+    student = build_student(
         s.arch,
         s.preset,
         vocab_size=len(tokenizer),
         num_labels=num_labels,
         pad_id=int(tokenizer.pad_token_id or 0),
-        **s.options,
+        **options,
     )
+    if teacher_hf is not None and arch.init_from_teacher is not None:
+        arch.init_from_teacher(student, teacher_hf)
+        log.info("student initialised from the teacher's weights (%s)", options)
+    return student
+
+
+def _teacher_network(folder: str) -> PreTrainedModel:
+    """The Hugging Face model inside a teacher folder (a UserError for any other folder)."""
+    loaded = load_model(folder)
+    if not isinstance(loaded.model, TeacherModel):
+        raise UserError(f"{folder}: a transformer student is built from a BERT teacher folder")
+    return loaded.model.hf
+
+
+class _LayerTeacher:
+    """The teacher run live for mode ``layers``: its hidden states at the layers the student
+    was initialised from, ``(K + 1, B, T, H)`` (embeddings first), computed without grad."""
+
+    def __init__(self, folder: str, student: StudentModel) -> None:
+        mapped = getattr(student, "teacher_layers", None)
+        if mapped is None:
+            raise UserError(
+                "--mode layers matches a transformer student's layers to its teacher's; "
+                "use --student transformer with a BERT teacher"
+            )
+        self.layers = [0, *(j + 1 for j in mapped)]
+        self.hf = _teacher_network(folder)
+        self.hf.eval().requires_grad_(False)
+        width = int(self.hf.config.hidden_size)
+        if width != student.hidden_size:
+            raise UserError(
+                f"--mode layers: the student is {student.hidden_size} wide, the teacher {width}"
+            )
+
+    @torch.no_grad()
+    def states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        ids = batch["input_ids"]
+        if next(self.hf.parameters()).device != ids.device:
+            self.hf.to(ids.device)  # type: ignore[arg-type]  # transformers types .to oddly
+        out = self.hf(
+            input_ids=ids, attention_mask=batch["attention_mask"], output_hidden_states=True
+        )
+        return torch.stack([out.hidden_states[i] for i in self.layers])  # (K+1, B, T, H)
 
 
 def distill(
@@ -323,7 +379,7 @@ def distill(
     tokenizer = _student_tokenizer(cfg, teachers, data)
     # Built before the teacher runs, so a wrong architecture or size fails at once.
     with _seeded(s.train.seed):
-        student = _new_student(cfg, tokenizer, num_labels)
+        student = _new_student(cfg, tokenizer, num_labels, teachers)
     if s.init_embeddings == "teacher":
         _init_from_teacher(student, teachers, tokenizer)
     transfer = transfer_set(cfg, data)
@@ -355,6 +411,12 @@ def distill(
     dev_ds = TextDataset(
         encode_cached(tokenizer, data.select.texts, max_len, cache_dir=None), data.select.labels
     )
+    live = None
+    if spec.needs_layers:
+        first = _first_model_teacher(teachers)
+        if first is None:
+            raise UserError(f"--mode {d.mode} needs a teacher model folder (not predictions)")
+        live = _LayerTeacher(first, student)
     proj = None
     if spec.needs_projection:
         assert targets is not None and targets.pooled is not None
@@ -364,6 +426,8 @@ def distill(
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], progress: float) -> LossOutput:
         out_ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        if live is not None:
+            batch = {**batch, "teacher_layers": live.states(batch)}
         # `proj` is the module fit() trains (extra_modules): moved to the device in place,
         # so this closure and the optimizer see the same parameters.
         return distillation_loss(

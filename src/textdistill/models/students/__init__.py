@@ -8,15 +8,24 @@ A new student is one file (an ``nn.Module`` that honours
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from torch import nn
+from transformers import PretrainedConfig
 
 from textdistill.models.students.base import StudentModel, StudentSpecError
 from textdistill.models.students.bilstm import BILSTM_PRESETS, BiLSTMStudent
 from textdistill.models.students.embeddings import init_embeddings_from_teacher
 from textdistill.models.students.static import STATIC_PRESETS, StaticStudent
 from textdistill.models.students.textcnn import TEXTCNN_PRESETS, TextCNNStudent
+from textdistill.models.students.transformer import (
+    TRANSFORMER_PRESETS,
+    TransformerStudent,
+    init_transformer_from_teacher,
+    transformer_options_from_teacher,
+)
 
 __all__ = [
     "BILSTM_PRESETS",
@@ -24,12 +33,14 @@ __all__ = [
     "STUDENTS",
     "STUDENT_TOKENIZERS",
     "TEXTCNN_PRESETS",
+    "TRANSFORMER_PRESETS",
     "BiLSTMStudent",
     "StaticStudent",
     "StudentArch",
     "StudentModel",
     "StudentSpecError",
     "TextCNNStudent",
+    "TransformerStudent",
     "build_student",
     "build_student_from_config",
     "init_embeddings_from_teacher",
@@ -46,19 +57,31 @@ class StudentArch:
     The options a user may set are the class's constructor arguments other than
     ``vocab_size``, ``num_labels`` and ``pad_id``, which come from the tokenizer and data.
     ``tokenizer``: the one it reads by default (``student.tokenizer: auto``), a key of
-    :data:`STUDENT_TOKENIZERS`.
+    :data:`STUDENT_TOKENIZERS`. A student built *from* its teacher's architecture sets
+    ``options_from_teacher`` (the teacher's Hugging Face config and the user's options ->
+    the options to build with) and ``init_from_teacher`` (copies the teacher's weights in);
+    both run whenever a model teacher is given, mode ``none`` included.
     """
 
     cls: type[StudentModel]
     presets: dict[str, dict[str, Any]]
     default_preset: str
     tokenizer: str = "shared"
+    options_from_teacher: Callable[[PretrainedConfig, dict[str, Any]], dict[str, Any]] | None = None
+    init_from_teacher: Callable[[Any, nn.Module], None] | None = None
 
 
 STUDENTS: dict[str, StudentArch] = {
     "bilstm": StudentArch(BiLSTMStudent, BILSTM_PRESETS, "small"),
     "textcnn": StudentArch(TextCNNStudent, TEXTCNN_PRESETS, "default"),
     "static": StudentArch(StaticStudent, STATIC_PRESETS, "small", tokenizer="chars"),
+    "transformer": StudentArch(
+        TransformerStudent,
+        TRANSFORMER_PRESETS,
+        "small",
+        options_from_teacher=transformer_options_from_teacher,
+        init_from_teacher=init_transformer_from_teacher,
+    ),
 }
 """Architecture name -> its class and presets (``student.arch``)."""
 
