@@ -17,7 +17,7 @@ teacher=${3:?scenario A teacher folder}
 config=benchmarks/thucnews.yaml
 args=(--student transformer --layers 2 --lr 0.0005 --teacher "$teacher")
 
-for mode in none soft hidden; do
+for mode in soft none hidden; do
   dest="$out/transformer2-$mode"
   if [ ! -f "$dest/textdistill.json" ]; then
     log "start $dest"

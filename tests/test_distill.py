@@ -618,3 +618,70 @@ def test_transformer_student_refuses_more_layers_than_the_teacher(
     result = run_distill(tiny_corpus, tmp_path / "s", "--mode", "soft", *args, teacher=tiny_teacher)
     assert result.exit_code == 2
     assert "not 9" in result.output
+
+
+NEW_STUDENTS = {
+    "static": {"embed_dim": 16, "buckets": 64},
+    "transformer": {"layers": 2, "hidden": 16, "heads": 2, "intermediate": 32, "max_positions": 16},
+}
+
+
+@pytest.mark.parametrize(
+    ("arch", "mode"),
+    [
+        (arch, mode)
+        for arch in NEW_STUDENTS
+        for mode in [
+            "none",
+            "hard",
+            "soft",
+            "hidden",
+            *(["layers"] if arch == "transformer" else []),
+        ]
+    ],
+)
+def test_each_mode_lowers_the_loss_on_a_fixed_batch(arch: str, mode: str) -> None:
+    torch.manual_seed(0)
+    student = build_student(arch, "small", 30, 3, **NEW_STUDENTS[arch])
+    ids = torch.randint(1, 30, (8, 10))
+    mask = (torch.arange(10)[None, :] < torch.randint(3, 11, (8, 1))).long()
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": torch.randint(0, 3, (8,)),
+        "teacher_logits": torch.randn(8, 3) * 3,
+        "teacher_hidden": torch.randn(8, 12),
+        "teacher_layers": torch.randn(3, 8, 10, 16),  # embeddings + 2 layers, width 16
+    }
+    proj = make_projection(student.hidden_size, 12) if mode == "hidden" else None
+    params = list(student.parameters()) + (list(proj.parameters()) if proj else [])
+    opt = torch.optim.Adam(params, lr=0.01)
+    losses = []
+    for _ in range(30):
+        out = student(ids, mask)
+        loss = distillation_loss(out, batch, mode=mode, T=2.0, alpha=0.7, beta=1.0, proj=proj)
+        opt.zero_grad()
+        loss.loss.backward()
+        opt.step()
+        losses.append(loss.terms["loss"])
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("arch", list(NEW_STUDENTS))
+def test_new_students_survive_a_save_load_round_trip(tmp_path: Path, arch: str) -> None:
+    from textdistill.data.tokenization import build_char_tokenizer
+    from textdistill.models.folders import save_student
+
+    texts = ["球队比赛冠军", "银行基金利率", "游戏玩家 NBA"]
+    tok = build_char_tokenizer(texts)
+    torch.manual_seed(0)
+    student = build_student(arch, "small", len(tok), 3, **NEW_STUDENTS[arch]).eval()
+    if arch == "static":
+        torch.nn.init.normal_(student.ngrams.weight)  # non-zero n-gram rows
+    save_student(tmp_path / "s", student, tok, ["a", "b", "c"], max_len=12)
+    clf = load(tmp_path / "s")
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = student(enc["input_ids"], enc["attention_mask"]).logits.numpy()
+    np.testing.assert_allclose(clf.logits(texts), want, atol=1e-6)
+    assert read_meta(tmp_path / "s")["architecture"] == student.config

@@ -35,7 +35,9 @@ from textdistill.pipeline import (
     stage_key,
 )
 
-STUDENTS = ["bilstm-none", "bilstm-hard", "bilstm-soft", "bilstm-hidden"]
+STUDENTS = ["bilstm-none", "bilstm-soft", "static-none", "static-soft"]
+MODES = ["none", "soft", "none", "soft"]
+ARCHS = ["bilstm", "bilstm", "static", "static"]
 ALL_STAGES = ["teacher", *STUDENTS, "report-test"]
 
 
@@ -87,10 +89,10 @@ def test_demo_quick_trains_teacher_four_students_and_reports(demo: Demo) -> None
     out = demo.out
     assert (demo.sample / "SAMPLE.json").is_file()  # fetched from the (fake) sdist
     teacher = read_meta(out / "teacher")
-    assert teacher["kind"] == "teacher" and teacher["config"]["teacher"]["scratch"] == "tiny"
-    for name, mode in zip(STUDENTS, ["none", "hard", "soft", "hidden"], strict=True):
+    assert teacher["kind"] == "teacher" and teacher["config"]["teacher"]["scratch"] == "mini"
+    for name, mode, arch in zip(STUDENTS, MODES, ARCHS, strict=True):
         meta = read_meta(out / "students" / name)
-        assert meta["mode"] == mode and meta["architecture"]["arch"] == "bilstm"
+        assert meta["mode"] == mode and meta["architecture"]["arch"] == arch
         assert meta["stage_key"] and meta["teacher_fingerprint"] == teacher["fingerprint"]
         assert not work_dir_for(out / "students" / name).exists()
 
@@ -137,11 +139,11 @@ def test_changing_one_student_retrains_only_that_student(demo: Demo, tmp_path: P
     before = fingerprints(out)
     cfg = demo_config(quick=True)
     students = [s.model_copy() for s in cfg.pipeline.students]
-    students[2] = students[2].model_copy(update={"overrides": {"distill.temperature": 4.0}})
+    students[1] = students[1].model_copy(update={"overrides": {"distill.temperature": 4.0}})
     cfg.pipeline.students = students
 
     result = run_pipeline(cfg, out)
-    assert result.skipped == ["teacher", "bilstm-none", "bilstm-hard", "bilstm-hidden"]
+    assert result.skipped == ["teacher", "bilstm-none", "static-none", "static-soft"]
     assert set(result.timings) == {"student:bilstm-soft", "report:test"}
     after = fingerprints(out)
     assert {k for k in before if before[k] != after[k]} == {"bilstm-soft"}
@@ -237,7 +239,7 @@ def test_killed_stage_resumes_from_its_checkpoint(
     kill_at: int | None = 3
     with pytest.raises(Killed):
         run_pipeline(cfg, out)
-    work = work_dir_for(out / "students" / "bilstm-hard")
+    work = work_dir_for(out / "students" / "bilstm-soft")
     assert (work / "train" / "checkpoint").is_dir() and (work / "stage.json").is_file()
 
     kill_at, calls[:] = None, []
@@ -245,8 +247,8 @@ def test_killed_stage_resumes_from_its_checkpoint(
         result = run_pipeline(cfg, out)
     assert len(calls) == 2  # steps 3 and 4 only
     assert "resuming from" in caplog.text
-    assert result.skipped == ["teacher", "bilstm-none", "bilstm-soft", "bilstm-hidden"]
-    assert read_meta(out / "students" / "bilstm-hard")["config"]["student"]["train"]["lr"] == 0.003
+    assert result.skipped == ["teacher", "bilstm-none", "static-none", "static-soft"]
+    assert read_meta(out / "students" / "bilstm-soft")["config"]["student"]["train"]["lr"] == 0.003
     assert not work.exists()
 
 
@@ -260,7 +262,7 @@ def test_leftovers_of_another_config_are_not_resumed(
     (work / "stage.json").write_text('{"stage_key": "other"}', encoding="utf-8")
     cfg = demo_config(quick=True)
     students = list(cfg.pipeline.students)
-    students[2] = students[2].model_copy(update={"overrides": {"distill.beta": 0.5}})
+    students[1] = students[1].model_copy(update={"overrides": {"distill.beta": 0.5}})
     cfg.pipeline.students = students
     seen: list[bool] = []
     real = distill_mod.fit

@@ -57,12 +57,31 @@ print(json.dumps({"ok": ok.status_code, "results": ok.json()["results"], "bad": 
 """
 
 
+def _static_student(out: Path, labels: list[str]) -> Path:
+    """A static student over its own character tokenizer (the runtime's numpy fast path)."""
+    import torch
+
+    from textdistill.data.tokenization import build_char_tokenizer
+    from textdistill.models.folders import save_student
+    from textdistill.models.students import build_student
+
+    tok = build_char_tokenizer(["球队比赛进球冠军", "银行基金利率上涨", "游戏玩家发布 iPhone"])
+    torch.manual_seed(0)
+    model = build_student("static", "small", len(tok), len(labels), embed_dim=8, buckets=64)
+    torch.nn.init.normal_(model.ngrams.weight)
+    save_student(out, model, tok, labels, max_len=16)
+    return out
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, tiny_student: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runtime")
+    labels = json.loads((tiny_student / "labels.json").read_text(encoding="utf-8"))
+    static = _static_student(root / "static", labels)
     return {
         "fp32": export_model(tiny_student, root / "onnx", fmt="onnx").out,
         "int8": export_model(tiny_student, root / "onnx-int8", fmt="onnx", quantize="int8").out,
+        "static-int8": export_model(static, root / "static-int8", fmt="onnx", quantize="int8").out,
     }
 
 
@@ -78,7 +97,7 @@ def _blocked(script: str, *args: str) -> dict:  # type: ignore[type-arg]
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "static-int8"])
 def test_the_runtime_predicts_without_torch_what_the_full_package_predicts(
     exported: dict[str, Path], precision: str
 ) -> None:

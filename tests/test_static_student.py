@@ -104,3 +104,35 @@ def test_no_ngrams_is_a_bag_of_tokens() -> None:
     ids, mask = torch.tensor([[3, 4, 5]]), torch.ones((1, 3), dtype=torch.long)
     expected = model.embedding.weight[[3, 4, 5]].mean(0)
     torch.testing.assert_close(model(ids, mask).hidden[0], expected)  # type: ignore[index]
+
+
+def test_onnx_graph_hashes_the_same_ngram_ids(tmp_path) -> None:
+    """The export computes the n-gram buckets itself: its ids equal the training path's."""
+    ort = pytest.importorskip("onnxruntime")
+
+    class Ids(nn.Module):
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            bi, bi_ok = ngram_ids(ids, mask, 2, 50_000)
+            tri, tri_ok = ngram_ids(ids, mask, 3, 50_000)
+            return bi, bi_ok.long(), tri, tri_ok.long()
+
+    g = torch.Generator().manual_seed(0)
+    # Ids near a 250,000-token vocabulary: the hash's products stay far from int64's limit.
+    ids = torch.randint(0, 250_000, (5, 9), generator=g)
+    mask = (torch.arange(9)[None, :] < torch.tensor([[9], [1], [2], [3], [7]])).long()
+    path = tmp_path / "ids.onnx"
+    torch.onnx.export(
+        Ids(),
+        (ids[:2, :4], mask[:2, :4]),
+        str(path),
+        input_names=["ids", "mask"],
+        dynamic_axes={"ids": {0: "b", 1: "t"}, "mask": {0: "b", 1: "t"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"ids": ids.numpy(), "mask": mask.numpy()})
+    want = Ids()(ids, mask)
+    for g_, w in zip(got, want, strict=True):
+        assert (g_ == w.numpy()).all()
+    assert int(want[0].max()) < 50_000 and int(want[0].min()) >= 0
