@@ -208,6 +208,27 @@ def test_a_hugging_face_folder_is_a_teacher_for_distill(
     assert json.loads((tmp_path / "s1" / "labels.json").read_text(encoding="utf-8")) == CLASSES
 
 
+def test_a_transformer_student_is_built_from_a_hugging_face_bert(
+    tmp_path: Path, data: Path, tok: PreTrainedTokenizerFast
+) -> None:
+    """The checkpoint's classes in another order: the student copies the imported (reordered)
+    head, so with both layers and steps too small to move them it predicts as the checkpoint
+    does, class by class."""
+    model = permuted(hf_classifier(tok, CLASSES, seed=5), [1, 2, 0])
+    hf = save_hf(model, tok, tmp_path / "hf")
+    args = ["distill", "-t", hf, "-d", data, "--mode", "soft", "--student", "transformer",
+            "--layers", "2", "--epochs", "1", "--lr", "1e-12", "--batch-size", "8",
+            "--max-len", "32", "-q", "--out", tmp_path / "s"]  # fmt: skip
+    ok(invoke(*args))
+    arch = read_meta(tmp_path / "s")["architecture"]
+    assert arch["teacher_layers"] == [0, 1] and arch["hidden"] == 32
+    texts = load_corpus(data).split("dev").texts
+    got = load(tmp_path / "s").predict(texts, top_k=3)
+    want = by_name(model, tok, texts)
+    for g, w in zip(got, want, strict=True):
+        assert {e["label"]: e["probability"] for e in g.top_k} == pytest.approx(w, abs=1e-4)
+
+
 def seed_state_dict(model: Any) -> dict[str, torch.Tensor]:
     """The classic tutorial layout: ``bert.*`` and a ``fc`` Linear on the pooled output."""
     sd = model.state_dict()
