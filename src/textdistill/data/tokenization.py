@@ -91,10 +91,7 @@ def build_tokenizer(
     piece needs to enter the vocabulary. Accents are stripped exactly when ``lowercase``
     is set, as in the original BERT.
     """
-    if vocab_size <= len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens")
-    if min_frequency < 1:
-        raise ValueError("min_frequency must be at least 1")
+    _check_vocab_options(vocab_size, min_frequency)
 
     corpus = [str(t) for t in texts]
     if not corpus:
@@ -122,6 +119,13 @@ def build_tokenizer(
     )
     log.debug("built a WordPiece tokenizer: %d tokens from %d texts", len(tok), len(corpus))
     return tok
+
+
+def _check_vocab_options(vocab_size: int, min_frequency: int) -> None:
+    if vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens")
+    if min_frequency < 1:
+        raise ValueError("min_frequency must be at least 1")
 
 
 def _train_wordpiece_vocab(
@@ -197,10 +201,7 @@ def build_char_tokenizer(
     other characters are ``[UNK]``. ``lowercase`` lowercases first, as the WordPiece
     tokenizer does (no accent stripping: a character is kept as it is).
     """
-    if vocab_size <= len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens")
-    if min_frequency < 1:
-        raise ValueError("min_frequency must be at least 1")
+    _check_vocab_options(vocab_size, min_frequency)
     backend = _char_backend(lowercase, {t: i for i, t in enumerate(SPECIAL_TOKENS)})
     normalizer, split = backend.normalizer, backend.pre_tokenizer
     assert split is not None
