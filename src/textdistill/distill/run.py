@@ -283,7 +283,9 @@ def _seeded(seed: int) -> Iterator[None]:
 
 def _new_student(
     cfg: Config, tokenizer: PreTrainedTokenizerBase, num_labels: int, teachers: list[str]
-) -> StudentModel:
+) -> tuple[StudentModel, PreTrainedModel | None]:
+    """The student, and the teacher network it was built from (None for the students that
+    are not built from one): mode ``layers`` runs that same network, loaded once."""
     s = cfg.student
     arch = student_arch(s.arch)
     options = dict(s.options)
@@ -307,7 +309,7 @@ def _new_student(
     if teacher_hf is not None and arch.init_from_teacher is not None:
         arch.init_from_teacher(student, teacher_hf)
         log.info("student initialised from the teacher's weights (%s)", options)
-    return student
+    return student, teacher_hf
 
 
 def _teacher_network(folder: str) -> PreTrainedModel:
@@ -322,15 +324,15 @@ class _LayerTeacher:
     """The teacher run live for mode ``layers``: its hidden states at the layers the student
     was initialised from, ``(K + 1, B, T, H)`` (embeddings first), computed without grad."""
 
-    def __init__(self, folder: str, student: StudentModel) -> None:
+    def __init__(self, hf: PreTrainedModel | None, student: StudentModel) -> None:
         mapped = getattr(student, "teacher_layers", None)
-        if mapped is None:
+        if mapped is None or hf is None:
             raise UserError(
                 "--mode layers matches a transformer student's layers to its teacher's; "
                 "use --student transformer with a BERT teacher"
             )
         self.layers = [0, *(j + 1 for j in mapped)]
-        self.hf = _teacher_network(folder)
+        self.hf = hf
         self.hf.eval().requires_grad_(False)
         width = int(self.hf.config.hidden_size)
         if width != student.hidden_size:
@@ -379,11 +381,12 @@ def distill(
     tokenizer = _student_tokenizer(cfg, teachers, data)
     # Built before the teacher runs, so a wrong architecture or size fails at once.
     with _seeded(s.train.seed):
-        student = _new_student(cfg, tokenizer, num_labels, teachers)
+        student, teacher_hf = _new_student(cfg, tokenizer, num_labels, teachers)
     if s.init_embeddings == "teacher":
         _init_from_teacher(student, teachers, tokenizer)
     transfer = transfer_set(cfg, data)
     spec = distill_mode(cfg)
+    live = _LayerTeacher(teacher_hf, student) if spec.needs_layers else None
     if not spec.uses_unlabeled and d.extra:
         log.warning("mode %s learns from gold labels only; the --extra texts are not used", d.mode)
     max_len = _student_max_len(cfg, teachers, max_len)
@@ -411,12 +414,6 @@ def distill(
     dev_ds = TextDataset(
         encode_cached(tokenizer, data.select.texts, max_len, cache_dir=None), data.select.labels
     )
-    live = None
-    if spec.needs_layers:
-        first = _first_model_teacher(teachers)
-        if first is None:
-            raise UserError(f"--mode {d.mode} needs a teacher model folder (not predictions)")
-        live = _LayerTeacher(first, student)
     proj = None
     if spec.needs_projection:
         assert targets is not None and targets.pooled is not None

@@ -28,7 +28,7 @@ with the frequency estimated from the rank; n-grams weigh 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -56,21 +56,30 @@ def zipf_weights(vocab_size: int, a: float = SIF_A) -> Tensor:
     return (a / (a + p)).to(torch.float32)
 
 
-def ngram_ids(
-    input_ids: Tensor, attention_mask: Tensor, order: int, buckets: int
-) -> tuple[Tensor, Tensor]:
-    """Bucket ids and validity of every n-gram of ``order`` -> (B, T - order + 1) each.
+def ngram_chain(
+    input_ids: Tensor, attention_mask: Tensor, max_order: int, buckets: int
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """``(n, ids, valid)`` for n = 2 .. ``max_order``, each order built on the one before
+    (one pass for all orders): bucket ids and validity, (B, T - n + 1) each.
 
-    Position t holds the n-gram of tokens t .. t + order - 1; it is valid iff all of them
-    are real tokens. For T < order both outputs are empty (B, 0).
+    Position t holds the n-gram of tokens t .. t + n - 1; it is valid iff all of them are
+    real tokens. For T < n both are empty (B, 0).
     """
     ids = input_ids.long()  # (B, T)
     real = attention_mask > 0  # (B, T)
     h, valid = ids, real
-    for n in range(2, order + 1):
+    for n in range(2, max_order + 1):
         h = (h[:, :-1] * HASH_PRIME + ids[:, n - 1 :]) % buckets  # (B, T - n + 1)
         valid = valid[:, :-1] & real[:, n - 1 :]  # (B, T - n + 1)
-    return h, valid
+        yield n, h, valid
+
+
+def ngram_ids(
+    input_ids: Tensor, attention_mask: Tensor, order: int, buckets: int
+) -> tuple[Tensor, Tensor]:
+    """Bucket ids and validity of every n-gram of ``order`` (>= 2) -> (B, T - order + 1)."""
+    *_, (_, ids, valid) = ngram_chain(input_ids, attention_mask, order, buckets)
+    return ids, valid
 
 
 class StaticStudent(StudentModel):
@@ -151,9 +160,11 @@ class StaticStudent(StudentModel):
         w = self.token_weight[input_ids] * real  # (B, T)
         total = (self.embedding(input_ids) * w.unsqueeze(-1)).sum(dim=1)  # (B, E)
         norm = w.sum(dim=1)  # (B,)
-        for order in self.orders:
-            ids, valid = ngram_ids(input_ids, attention_mask, order, self.buckets)  # (B, T-n+1)
-            v = valid.to(dtype)
+        max_order = self.orders[-1] if self.orders else 1
+        for order, ids, valid in ngram_chain(input_ids, attention_mask, max_order, self.buckets):
+            if order not in self.orders:
+                continue
+            v = valid.to(dtype)  # (B, T - order + 1), as ids
             total = total + (self.ngrams(ids) * v.unsqueeze(-1)).sum(dim=1)  # (B, E)
             norm = norm + v.sum(dim=1)
         pooled = total / norm.clamp(min=1e-6).unsqueeze(-1)  # (B, E); 0 for an empty row
